@@ -1,0 +1,269 @@
+//! `CoordIndex`: finds the row of a coordinate, and whole runs of neighbours at once.
+//!
+//! Coordinates `(b, c0, .., c{D-1})` are packed into one 64-bit key in mixed radix
+//! (batch, then each axis of the spatial shape), so every key order is the lexicographic
+//! order of the coordinates and grids of any size up to 2^63 sites work (no int32
+//! overflow). The index sorts the rows by key once and groups them into *lines*: rows that
+//! share everything but the last axis. A `hashbrown` map takes a line key to its run in the
+//! sorted order, and within a line the last-axis coordinates are sorted, so a rulebook
+//! builder does one hash lookup per (output line, leading-axis offset) and then a short
+//! sorted search, instead of one hash probe per (site, offset). The map grows with its
+//! input: there is no capacity to overflow.
+//!
+//! Sorting also finds duplicate coordinates for free, which is where they are rejected.
+
+use hashbrown::HashMap;
+use rayon::prelude::*;
+
+use crate::error::TensorError;
+
+/// Mixed-radix packing of `(b, c0, .., c{D-1})` into a `u64`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyPacking {
+    shape: Vec<u32>,
+}
+
+impl KeyPacking {
+    /// A packing for `batch_size` batches of a grid of `shape`; fails when the number of
+    /// sites exceeds 2^63.
+    pub fn new(shape: &[u32], batch_size: u32) -> Result<Self, TensorError> {
+        let mut total: u128 = u128::from(batch_size.max(1));
+        for &s in shape {
+            total *= u128::from(s);
+        }
+        if total > 1 << 63 {
+            return Err(TensorError::KeyOverflow {
+                batch_size,
+                shape: shape.to_vec(),
+            });
+        }
+        Ok(KeyPacking {
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Spatial dims.
+    pub fn dims(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The spatial shape.
+    pub fn shape(&self) -> &[u32] {
+        &self.shape
+    }
+
+    /// Key of a coordinate row (batch first). The coordinate must be in range.
+    #[inline]
+    pub fn key(&self, coord: &[i32]) -> u64 {
+        let mut key = coord[0] as u64;
+        for (axis, &size) in self.shape.iter().enumerate() {
+            key = key * u64::from(size) + coord[axis + 1] as u64;
+        }
+        key
+    }
+
+    /// Key of a line: the coordinate without its last axis.
+    #[inline]
+    pub fn line_key(&self, coord: &[i32]) -> u64 {
+        let dims = self.shape.len();
+        let mut key = coord[0] as u64;
+        for axis in 0..dims - 1 {
+            key = key * u64::from(self.shape[axis]) + coord[axis + 1] as u64;
+        }
+        key
+    }
+
+    /// The coordinate row (batch first) of a key.
+    pub fn unpack(&self, mut key: u64, out: &mut [i32]) {
+        for axis in (0..self.shape.len()).rev() {
+            let size = u64::from(self.shape[axis]);
+            out[axis + 1] = (key % size) as i32;
+            key /= size;
+        }
+        out[0] = key as i32;
+    }
+}
+
+/// A run of rows sharing a line, in sorted order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// Start of the run in the index's sorted order.
+    pub start: u32,
+    /// End (exclusive).
+    pub end: u32,
+}
+
+/// Index of a coordinate set: sorted order, line map and last-axis coordinates.
+#[derive(Debug, Clone)]
+pub struct CoordIndex {
+    packing: KeyPacking,
+    /// Row ids in key order.
+    sorted_rows: Vec<u32>,
+    /// Last-axis coordinate of each row, in key order.
+    sorted_last: Vec<i32>,
+    /// Line key → run in sorted order.
+    lines: HashMap<u64, Line>,
+    /// Whether the rows were already in key order.
+    identity: bool,
+}
+
+impl CoordIndex {
+    /// Indexes `coords` (`[N, 1 + dims]`, batch first, already range-checked). Fails on
+    /// duplicate coordinates, naming both rows.
+    pub fn build(coords: &[i32], packing: KeyPacking) -> Result<Self, TensorError> {
+        let width = packing.dims() + 1;
+        let n = coords.len() / width;
+        let keys: Vec<u64> = coords
+            .par_chunks_exact(width)
+            .map(|c| packing.key(c))
+            .collect();
+        let identity = keys.par_windows(2).all(|w| w[0] < w[1]);
+        let sorted_rows: Vec<u32> = if identity {
+            (0..n as u32).collect()
+        } else {
+            let mut order: Vec<(u64, u32)> = keys
+                .iter()
+                .enumerate()
+                .map(|(row, &k)| (k, row as u32))
+                .collect();
+            order.par_sort_unstable();
+            order.into_iter().map(|(_, row)| row).collect()
+        };
+        if !identity {
+            let dup = sorted_rows
+                .par_windows(2)
+                .find_first(|w| keys[w[0] as usize] == keys[w[1] as usize]);
+            if let Some(w) = dup {
+                let (a, b) = (w[0].min(w[1]) as usize, w[0].max(w[1]) as usize);
+                return Err(TensorError::Duplicate {
+                    first: a,
+                    second: b,
+                    coord: coords[a * width..(a + 1) * width].to_vec(),
+                });
+            }
+        }
+        let sorted_last: Vec<i32> = sorted_rows
+            .par_iter()
+            .map(|&r| coords[r as usize * width + width - 1])
+            .collect();
+        let last_size = u64::from(*packing.shape().last().unwrap_or(&1));
+        let mut lines: HashMap<u64, Line> = HashMap::with_capacity(n / 2 + 1);
+        let mut start = 0usize;
+        while start < n {
+            let line = keys[sorted_rows[start] as usize] / last_size;
+            let mut end = start + 1;
+            while end < n && keys[sorted_rows[end] as usize] / last_size == line {
+                end += 1;
+            }
+            lines.insert(
+                line,
+                Line {
+                    start: start as u32,
+                    end: end as u32,
+                },
+            );
+            start = end;
+        }
+        Ok(CoordIndex {
+            packing,
+            sorted_rows,
+            sorted_last,
+            lines,
+            identity,
+        })
+    }
+
+    /// The key packing.
+    pub fn packing(&self) -> &KeyPacking {
+        &self.packing
+    }
+
+    /// Number of indexed rows.
+    pub fn len(&self) -> usize {
+        self.sorted_rows.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.sorted_rows.is_empty()
+    }
+
+    /// Row ids in key (lexicographic coordinate) order.
+    pub fn sorted_rows(&self) -> &[u32] {
+        &self.sorted_rows
+    }
+
+    /// Whether the rows are already in key order (`sorted_rows[i] == i`).
+    pub fn is_sorted(&self) -> bool {
+        self.identity
+    }
+
+    /// The run of a line key, if any row lies on it.
+    #[inline]
+    pub fn line(&self, line_key: u64) -> Option<Line> {
+        self.lines.get(&line_key).copied()
+    }
+
+    /// Last-axis coordinates of a line's rows (sorted ascending).
+    #[inline]
+    pub fn line_last(&self, line: Line) -> &[i32] {
+        &self.sorted_last[line.start as usize..line.end as usize]
+    }
+
+    /// The row at sorted position `pos`.
+    #[inline]
+    pub fn row_at(&self, pos: usize) -> u32 {
+        self.sorted_rows[pos]
+    }
+
+    /// The row of a coordinate (batch first), if present.
+    pub fn find(&self, coord: &[i32]) -> Option<u32> {
+        let line = self.line(self.packing.line_key(coord))?;
+        let last = coord[coord.len() - 1];
+        let offset = self.line_last(line).binary_search(&last).ok()?;
+        Some(self.sorted_rows[line.start as usize + offset])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_rows_and_lines() {
+        let coords = [0, 1, 2, 3, 0, 1, 2, 1, 1, 0, 0, 0, 0, 1, 2, 2];
+        let idx = CoordIndex::build(&coords, KeyPacking::new(&[4, 4, 4], 2).unwrap()).unwrap();
+        assert!(!idx.is_sorted());
+        assert_eq!(idx.find(&[0, 1, 2, 1]), Some(1));
+        assert_eq!(idx.find(&[0, 1, 2, 2]), Some(3));
+        assert_eq!(idx.find(&[1, 0, 0, 0]), Some(2));
+        assert_eq!(idx.find(&[0, 1, 2, 0]), None);
+        let line = idx.line(idx.packing().line_key(&[0, 1, 2, 0])).unwrap();
+        assert_eq!(idx.line_last(line), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn rejects_duplicates() {
+        let coords = [0, 1, 1, 0, 2, 2, 0, 1, 1];
+        let err = CoordIndex::build(&coords, KeyPacking::new(&[4, 4], 1).unwrap()).unwrap_err();
+        assert_eq!(
+            err,
+            TensorError::Duplicate {
+                first: 0,
+                second: 2,
+                coord: vec![0, 1, 1]
+            }
+        );
+    }
+
+    #[test]
+    fn keys_beyond_32_bits() {
+        let shape = [100_000, 100_000, 100_000];
+        let p = KeyPacking::new(&shape, 4).unwrap();
+        let c = [3, 99_999, 5, 99_998];
+        let mut back = [0; 4];
+        p.unpack(p.key(&c), &mut back);
+        assert_eq!(back, c);
+        assert!(KeyPacking::new(&[u32::MAX, u32::MAX, u32::MAX], 1).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Reading inputs: `.npy` arrays (spconv dumps, weights), point clouds (KITTI `.bin`,
+//! ScanNet `.bin`, spconv `.npz` is read through `.npy`), and voxelization.
+
+pub mod npy;
+pub mod point_cloud;
+pub mod voxelizer;

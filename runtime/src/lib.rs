@@ -1,0 +1,29 @@
+//! sparsegen-runtime: everything that runs.
+//!
+//! Sparse tensors ([`SparseTensor`] on a shared, indexed [`CoordSet`]), the coordinate index
+//! ([`CoordIndex`]), rulebooks ([`Rulebook`], [`RulebookCache`]), layers ([`SparseConv`]),
+//! the engine that runs them ([`Engine`], [`ConvBackend`]), the reference executors
+//! ([`reference`], [`dense`]) that every backend is tested against, and input reading
+//! ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
+#![deny(missing_docs)]
+
+pub mod coord_index;
+pub mod dense;
+pub mod engine;
+pub mod error;
+pub mod io;
+pub mod reference;
+pub mod rulebook;
+pub mod rulebook_cache;
+pub mod sparse_conv;
+pub mod tensor;
+
+pub use coord_index::{CoordIndex, KeyPacking};
+pub use engine::{ConvBackend, Engine, ReferenceBackend};
+pub use error::{Error, Result, TensorError};
+pub use reference::Accumulate;
+pub use rulebook::Rulebook;
+pub use rulebook_cache::{CacheStats, RulebookCache};
+pub use sparse_conv::SparseConv;
+pub use sparsegen_codegen as codegen;
+pub use tensor::{CoordSet, CoordSetId, SparseTensor};

@@ -1,0 +1,484 @@
+//! `Rulebook`: which input row feeds which output row through which kernel offset.
+//!
+//! The rulebook of a layer is its `[N_out, K]` neighbour table: entry `(o, k)` is the input
+//! row that reaches output row `o` through kernel offset `k`, or −1. Every dataflow derives
+//! what it needs from it (per-offset pair lists for gather-GEMM-scatter, per-row offset
+//! masks for tile skipping), and the inverse convolution's rulebook is its transpose.
+//!
+//! Construction follows spconv 2.3.8's semantics (see [`sparsegen_codegen::geometry`]) and
+//! is parallel and deterministic: the output coordinate set of a strided or transposed
+//! convolution is sorted lexicographically by `(b, c0, .., c{D-1})` — a documented canonical
+//! order, where spconv's CPU order follows its hash table — and every table entry is
+//! computed independently of thread scheduling. Submanifold and inverse outputs keep the row
+//! order of the sites they reuse.
+//!
+//! The table is filled output-stationary: outputs are visited in sorted order, and for each
+//! output *line* (all axes but the last) the input lines of every leading-axis offset are
+//! looked up once in the [`CoordIndex`](crate::CoordIndex); the last-axis offsets are then a
+//! sorted search in those short lines.
+
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
+use sparsegen_codegen::{ConvKind, Geometry, MAX_DIMS};
+
+use crate::coord_index::{KeyPacking, Line};
+use crate::error::{Error, Result};
+use crate::tensor::CoordSet;
+
+/// Outputs per parallel work item when filling a table.
+const CHUNK: usize = 512;
+
+/// The kernel map of one layer geometry over one input coordinate set.
+#[derive(Debug)]
+pub struct Rulebook {
+    geometry: Geometry,
+    input: Arc<CoordSet>,
+    output: Arc<CoordSet>,
+    kernel_volume: usize,
+    neighbors: Vec<i32>,
+    inverse: OnceLock<Arc<Rulebook>>,
+}
+
+/// How an input position is found from an output position and a kernel position on one axis.
+#[derive(Debug, Clone, Copy)]
+enum Relation {
+    /// `p = o·scale − shift + k·d` (strided; submanifold with scale 1, shift ⌊K/2⌋·d).
+    Forward {
+        scale: i64,
+        shift: i64,
+        dilation: i64,
+    },
+    /// `p = (o + pad − k·d) / s` when divisible (transposed and inverse).
+    Backward {
+        stride: i64,
+        pad: i64,
+        dilation: i64,
+    },
+}
+
+impl Relation {
+    #[inline]
+    fn input(self, o: i64, k: i64, size: i64) -> Option<i64> {
+        let p = match self {
+            Relation::Forward {
+                scale,
+                shift,
+                dilation,
+            } => o * scale - shift + k * dilation,
+            Relation::Backward {
+                stride,
+                pad,
+                dilation,
+            } => {
+                let num = o + pad - k * dilation;
+                if num < 0 || num % stride != 0 {
+                    return None;
+                }
+                num / stride
+            }
+        };
+        (0..size).contains(&p).then_some(p)
+    }
+}
+
+fn relations(geometry: &Geometry) -> [Relation; MAX_DIMS] {
+    let mut out = [Relation::Forward {
+        scale: 1,
+        shift: 0,
+        dilation: 1,
+    }; MAX_DIMS];
+    for (axis, rel) in out.iter_mut().enumerate().take(geometry.dims()) {
+        let k = i64::from(geometry.kernel[axis]);
+        let s = i64::from(geometry.stride[axis]);
+        let p = i64::from(geometry.padding[axis]);
+        let d = i64::from(geometry.dilation[axis]);
+        *rel = match geometry.kind {
+            ConvKind::Submanifold => Relation::Forward {
+                scale: 1,
+                shift: (k / 2) * d,
+                dilation: d,
+            },
+            ConvKind::Strided => Relation::Forward {
+                scale: s,
+                shift: p,
+                dilation: d,
+            },
+            ConvKind::Transposed | ConvKind::Inverse => Relation::Backward {
+                stride: s,
+                pad: p,
+                dilation: d,
+            },
+        };
+    }
+    out
+}
+
+impl Rulebook {
+    /// Builds the rulebook of a submanifold, strided or transposed geometry over `input`.
+    /// An inverse geometry has no rulebook of its own: take [`Rulebook::inverse`] of its
+    /// partner's (the [`RulebookCache`](crate::RulebookCache) does this).
+    pub fn build(input: &Arc<CoordSet>, geometry: &Geometry, layer: &str) -> Result<Rulebook> {
+        if geometry.dims() != input.dims() {
+            return Err(Error::Dims {
+                layer: layer.into(),
+                expected: geometry.dims(),
+                got: input.dims(),
+            });
+        }
+        let geometry_error = |source| Error::Geometry {
+            layer: layer.into(),
+            source,
+        };
+        let output = match geometry.kind {
+            ConvKind::Submanifold => input.clone(),
+            ConvKind::Strided | ConvKind::Transposed => {
+                let out_shape = geometry
+                    .output_shape(input.spatial_shape())
+                    .map_err(geometry_error)?;
+                Arc::new(output_sites(input, geometry, &out_shape)?)
+            }
+            ConvKind::Inverse => {
+                return Err(geometry_error(sparsegen_codegen::GeometryError::Inverse));
+            }
+        };
+        let neighbors = gather_table(input, &output, geometry);
+        Ok(Rulebook {
+            geometry: *geometry,
+            input: input.clone(),
+            kernel_volume: geometry.kernel_volume(),
+            output,
+            neighbors,
+            inverse: OnceLock::new(),
+        })
+    }
+
+    /// The rulebook of the inverse convolution paired with this strided one: inputs are this
+    /// rulebook's output sites, outputs its input sites, same offsets. Built once, on first use.
+    pub fn inverse(&self) -> Arc<Rulebook> {
+        self.inverse
+            .get_or_init(|| {
+                let geometry = Geometry {
+                    kind: ConvKind::Inverse,
+                    ..self.geometry
+                };
+                let k = self.kernel_volume;
+                let mut neighbors = vec![-1i32; self.input.len() * k];
+                for (o, row) in self.neighbors.chunks_exact(k.max(1)).enumerate() {
+                    for (offset, &i) in row.iter().enumerate() {
+                        if i >= 0 {
+                            neighbors[i as usize * k + offset] = o as i32;
+                        }
+                    }
+                }
+                Arc::new(Rulebook {
+                    geometry,
+                    input: self.output.clone(),
+                    output: self.input.clone(),
+                    kernel_volume: k,
+                    neighbors,
+                    inverse: OnceLock::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The geometry this rulebook was built for.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// The input sites.
+    pub fn input(&self) -> &Arc<CoordSet> {
+        &self.input
+    }
+
+    /// The output sites.
+    pub fn output(&self) -> &Arc<CoordSet> {
+        &self.output
+    }
+
+    /// Number of kernel offsets `K`.
+    pub fn kernel_volume(&self) -> usize {
+        self.kernel_volume
+    }
+
+    /// Number of input rows.
+    pub fn n_in(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Number of output rows.
+    pub fn n_out(&self) -> usize {
+        self.output.len()
+    }
+
+    /// The `[N_out, K]` neighbour table (input row or −1).
+    pub fn neighbors(&self) -> &[i32] {
+        &self.neighbors
+    }
+
+    /// One output row's neighbours, one per offset.
+    pub fn neighbors_of(&self, out_row: usize) -> &[i32] {
+        &self.neighbors[out_row * self.kernel_volume..(out_row + 1) * self.kernel_volume]
+    }
+
+    /// Number of (input, output) pairs per offset.
+    pub fn pair_counts(&self) -> Vec<usize> {
+        let k = self.kernel_volume;
+        let mut counts = vec![0; k];
+        for row in self.neighbors.chunks_exact(k.max(1)) {
+            for (c, &i) in counts.iter_mut().zip(row) {
+                *c += usize::from(i >= 0);
+            }
+        }
+        counts
+    }
+
+    /// Total number of pairs.
+    pub fn n_pairs(&self) -> usize {
+        self.neighbors.iter().filter(|&&i| i >= 0).count()
+    }
+
+    /// Per offset, the pairs as `(input rows, output rows)`, in output row order: the lists
+    /// a gather-GEMM-scatter dataflow runs over.
+    pub fn pair_lists(&self) -> Vec<(Vec<u32>, Vec<u32>)> {
+        let k = self.kernel_volume;
+        (0..k)
+            .into_par_iter()
+            .map(|offset| {
+                let mut ins = Vec::new();
+                let mut outs = Vec::new();
+                for (o, row) in self.neighbors.chunks_exact(k).enumerate() {
+                    if row[offset] >= 0 {
+                        ins.push(row[offset] as u32);
+                        outs.push(o as u32);
+                    }
+                }
+                (ins, outs)
+            })
+            .collect()
+    }
+}
+
+/// The output sites of a strided or transposed convolution, sorted.
+fn output_sites(input: &CoordSet, geometry: &Geometry, out_shape: &[u32]) -> Result<CoordSet> {
+    let dims = geometry.dims();
+    let width = dims + 1;
+    let packing = KeyPacking::new(out_shape, input.batch_size())?;
+    let chunk_keys: Vec<Vec<u64>> = input
+        .coords()
+        .par_chunks(width * CHUNK)
+        .map(|chunk| {
+            let mut keys = Vec::with_capacity(chunk.len() / width * 2);
+            let mut per_axis: [Vec<i64>; MAX_DIMS] = Default::default();
+            for coord in chunk.chunks_exact(width) {
+                for axis in 0..dims {
+                    let list = &mut per_axis[axis];
+                    list.clear();
+                    let p = i64::from(coord[axis + 1]);
+                    let size = i64::from(out_shape[axis]);
+                    let s = i64::from(geometry.stride[axis]);
+                    let pad = i64::from(geometry.padding[axis]);
+                    let d = i64::from(geometry.dilation[axis]);
+                    for k in 0..i64::from(geometry.kernel[axis]) {
+                        let o = if geometry.kind == ConvKind::Transposed {
+                            p * s - pad + k * d
+                        } else {
+                            let num = p + pad - k * d;
+                            if num < 0 || num % s != 0 {
+                                continue;
+                            }
+                            num / s
+                        };
+                        if (0..size).contains(&o) {
+                            list.push(o);
+                        }
+                    }
+                }
+                push_products(&per_axis[..dims], coord[0], &packing, &mut keys);
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        })
+        .collect();
+    let mut keys: Vec<u64> = chunk_keys.concat();
+    keys.par_sort_unstable();
+    keys.dedup();
+    let mut coords = vec![0i32; keys.len() * width];
+    coords
+        .par_chunks_exact_mut(width)
+        .zip(keys.par_iter())
+        .for_each(|(c, &key)| packing.unpack(key, c));
+    Ok(CoordSet::new(coords, out_shape, input.batch_size())?)
+}
+
+/// Pushes the keys of every combination of per-axis output positions.
+fn push_products(per_axis: &[Vec<i64>], batch: i32, packing: &KeyPacking, keys: &mut Vec<u64>) {
+    if per_axis.iter().any(Vec::is_empty) {
+        return;
+    }
+    let dims = per_axis.len();
+    let mut idx = [0usize; MAX_DIMS];
+    let mut coord = [0i32; MAX_DIMS + 1];
+    coord[0] = batch;
+    loop {
+        for axis in 0..dims {
+            coord[axis + 1] = per_axis[axis][idx[axis]] as i32;
+        }
+        keys.push(packing.key(&coord[..dims + 1]));
+        let mut axis = dims;
+        loop {
+            if axis == 0 {
+                return;
+            }
+            axis -= 1;
+            idx[axis] += 1;
+            if idx[axis] < per_axis[axis].len() {
+                break;
+            }
+            idx[axis] = 0;
+        }
+    }
+}
+
+/// Fills the `[N_out, K]` table, in output row order.
+fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec<i32> {
+    let dims = geometry.dims();
+    let k_total = geometry.kernel_volume();
+    let k_last = geometry.kernel[dims - 1] as usize;
+    let k_lead = k_total / k_last;
+    let rel = relations(geometry);
+    let in_index = input.index();
+    let in_shape = input.spatial_shape();
+    let out_index = output.index();
+    let out_packing = out_index.packing();
+    let n_out = output.len();
+    let mut sorted = vec![-1i32; n_out * k_total];
+    sorted
+        .par_chunks_mut(CHUNK * k_total)
+        .enumerate()
+        .for_each(|(chunk, table)| {
+            let first = chunk * CHUNK;
+            let mut current_line = u64::MAX;
+            let mut lines: Vec<Option<Line>> = vec![None; k_lead];
+            let mut lead_coord = [0i32; MAX_DIMS + 1];
+            for (local, row_table) in table.chunks_exact_mut(k_total).enumerate() {
+                let out_row = out_index.row_at(first + local) as usize;
+                let oc = output.coord(out_row);
+                let line_key = out_packing.line_key(oc);
+                if line_key != current_line {
+                    current_line = line_key;
+                    lead_coord[0] = oc[0];
+                    for (lead, slot) in lines.iter_mut().enumerate() {
+                        *slot = lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
+                            .and_then(|c| {
+                                in_index.line(in_index.packing().line_key(&c[..dims + 1]))
+                            });
+                    }
+                }
+                let o_last = i64::from(oc[dims]);
+                let size_last = i64::from(in_shape[dims - 1]);
+                for (lead, line) in lines.iter().enumerate() {
+                    let Some(line) = *line else { continue };
+                    let xs = in_index.line_last(line);
+                    for kx in 0..k_last {
+                        let Some(p) = rel[dims - 1].input(o_last, kx as i64, size_last) else {
+                            continue;
+                        };
+                        if let Ok(at) = xs.binary_search(&(p as i32)) {
+                            row_table[lead * k_last + kx] =
+                                in_index.row_at(line.start as usize + at) as i32;
+                        }
+                    }
+                }
+            }
+        });
+    if out_index.is_sorted() {
+        return sorted;
+    }
+    let mut position = vec![0u32; n_out];
+    for (pos, &row) in out_index.sorted_rows().iter().enumerate() {
+        position[row as usize] = pos as u32;
+    }
+    let mut table = vec![-1i32; n_out * k_total];
+    table
+        .par_chunks_exact_mut(k_total)
+        .zip(position.par_iter())
+        .for_each(|(row, &pos)| {
+            let pos = pos as usize;
+            row.copy_from_slice(&sorted[pos * k_total..(pos + 1) * k_total]);
+        });
+    table
+}
+
+/// The input coordinate (batch, leading axes, last axis 0) of leading-axis offset `lead`
+/// from output coordinate `oc`, if it is inside the input grid.
+fn lead_line(
+    lead: usize,
+    geometry: &Geometry,
+    rel: &[Relation; MAX_DIMS],
+    oc: &[i32],
+    in_shape: &[u32],
+    coord: &mut [i32; MAX_DIMS + 1],
+) -> Option<[i32; MAX_DIMS + 1]> {
+    let dims = geometry.dims();
+    let mut rest = lead;
+    for axis in (0..dims - 1).rev() {
+        let size = geometry.kernel[axis] as usize;
+        let k = (rest % size) as i64;
+        rest /= size;
+        let p = rel[axis].input(i64::from(oc[axis + 1]), k, i64::from(in_shape[axis]))?;
+        coord[axis + 1] = p as i32;
+    }
+    coord[dims] = 0;
+    Some(*coord)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sparsegen_codegen::LayerSpec;
+
+    fn set(coords: &[i32], shape: &[u32]) -> Arc<CoordSet> {
+        Arc::new(CoordSet::new(coords.to_vec(), shape, 1).unwrap())
+    }
+
+    #[test]
+    fn submanifold_1d_neighbours() {
+        let input = set(&[0, 0, 0, 1, 0, 3], &[5]);
+        let g = LayerSpec::builder(ConvKind::Submanifold, 1)
+            .channels(1, 1)
+            .build()
+            .unwrap()
+            .geometry();
+        let rb = Rulebook::build(&input, &g, "t").unwrap();
+        assert_eq!(rb.neighbors(), &[-1, 0, 1, 0, 1, -1, -1, 2, -1]);
+        assert_eq!(rb.pair_counts(), vec![1, 3, 1]);
+    }
+
+    #[test]
+    fn strided_outputs_are_sorted_and_inverse_transposes() {
+        let input = set(&[0, 3, 0, 0, 0, 2, 0, 1, 1], &[4, 4]);
+        let g = LayerSpec::builder(ConvKind::Strided, 2)
+            .channels(1, 1)
+            .kernel(2)
+            .stride(2)
+            .build()
+            .unwrap()
+            .geometry();
+        let rb = Rulebook::build(&input, &g, "t").unwrap();
+        assert_eq!(rb.output().coords(), &[0, 0, 0, 0, 0, 1, 0, 1, 0]);
+        // (0,0) <- (1,1) via k3; (0,1) <- (0,2) via k0; (1,0) <- (3,0) via k2.
+        assert_eq!(
+            rb.neighbors(),
+            &[-1, -1, -1, 2, 1, -1, -1, -1, -1, -1, 0, -1]
+        );
+        let inv = rb.inverse();
+        assert_eq!(inv.n_out(), 3);
+        assert_eq!(inv.neighbors_of(0), &[-1, -1, 2, -1]);
+        assert_eq!(inv.neighbors_of(1), &[1, -1, -1, -1]);
+        assert_eq!(inv.neighbors_of(2), &[-1, -1, -1, 0]);
+    }
+}
