@@ -1,1 +1,2 @@
-//! placeholder
+//! The `sparse_layer!` proc-macro (to be written).
+#![deny(missing_docs)]
