@@ -7,6 +7,7 @@
 //! ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
 #![deny(missing_docs)]
 
+pub mod conformance;
 pub mod coord_index;
 pub mod dense;
 pub mod engine;

@@ -1,0 +1,249 @@
+//! Property tests: rulebook + reference executor against the dense reference convolution,
+//! over random dims (1–4), kinds, kernels, strides, paddings, dilations, groups, bias,
+//! activations, batch sizes, sparsity and row order.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use sparsegen::prelude::*;
+use sparsegen::runtime::dense;
+
+/// One random layer and input.
+#[derive(Debug, Clone)]
+struct Case {
+    spec: LayerSpec,
+    shape: Vec<u32>,
+    batch: u32,
+    /// Distinct cell ids (flat over batch × grid), in row order.
+    cells: Vec<u32>,
+    seed: u64,
+}
+
+fn per_axis(dims: usize, range: std::ops::RangeInclusive<u32>) -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(range, dims)
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=4, 0usize..4).prop_flat_map(|(dims, kind)| {
+        let kind = [
+            ConvKind::Submanifold,
+            ConvKind::Strided,
+            ConvKind::Inverse,
+            ConvKind::Transposed,
+        ][kind];
+        let max_side = [0, 40, 14, 9, 6][dims];
+        (
+            per_axis(dims, 1..=3),
+            per_axis(dims, 1..=3),
+            per_axis(dims, 0..=2),
+            per_axis(dims, 1..=2),
+            per_axis(dims, 2..=max_side),
+            1u32..=2,
+            (1u32..=3, 1u32..=3, 1u32..=2),
+            (any::<bool>(), 0usize..4, any::<u64>()),
+            0.05f64..0.9,
+        )
+            .prop_flat_map(
+                move |(
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    shape,
+                    batch,
+                    (cin_g, cout_g, groups),
+                    (bias, act, seed),
+                    density,
+                )| {
+                    let cells_total: u32 = shape.iter().product::<u32>() * batch;
+                    let n_max = ((f64::from(cells_total) * density) as usize).max(1);
+                    let cells =
+                        prop::sample::subsequence((0..cells_total).collect::<Vec<_>>(), 0..=n_max)
+                            .prop_shuffle();
+                    let mut kernel = kernel;
+                    let (stride, padding) = match kind {
+                        ConvKind::Submanifold => {
+                            for k in &mut kernel {
+                                *k |= 1;
+                            }
+                            (vec![1; dims], vec![0; dims])
+                        }
+                        _ => (stride, padding),
+                    };
+                    let activation = [
+                        Activation::Identity,
+                        Activation::Relu,
+                        Activation::Relu6,
+                        Activation::leaky_relu(0.1),
+                    ][act];
+                    let spec = LayerSpec::builder(kind, dims)
+                        .channels(cin_g * groups, cout_g * groups)
+                        .groups(groups)
+                        .kernel(kernel)
+                        .stride(stride)
+                        .padding(padding)
+                        .dilation(dilation)
+                        .bias(bias)
+                        .activation(activation)
+                        .build();
+                    let shape = shape.clone();
+                    (Just(spec), Just(shape), Just(batch), cells, Just(seed))
+                },
+            )
+            .prop_filter_map("valid spec", |(spec, shape, batch, cells, seed)| {
+                Some(Case {
+                    spec: spec.ok()?,
+                    shape,
+                    batch,
+                    cells,
+                    seed,
+                })
+            })
+    })
+}
+
+/// A small deterministic generator (the data need not be random in proptest's sense).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn coords_of(cells: &[u32], shape: &[u32]) -> Vec<i32> {
+    let mut coords = Vec::new();
+    for &cell in cells {
+        let mut rest = cell;
+        let mut c = vec![0i32; shape.len() + 1];
+        for axis in (0..shape.len()).rev() {
+            c[axis + 1] = (rest % shape[axis]) as i32;
+            rest /= shape[axis];
+        }
+        c[0] = rest as i32;
+        coords.extend(c);
+    }
+    coords
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(g) - w).abs() <= 1e-5 * scale,
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+fn check(case: &Case) -> Result<(), TestCaseError> {
+    let spec = case.spec;
+    let engine = Engine::reference();
+    let weight = values(spec.weight_len(), case.seed);
+    let bias = spec
+        .bias
+        .then(|| values(spec.out_channels as usize, case.seed ^ 0xB1A5));
+    let conv = SparseConv::new(spec, weight.clone(), bias.clone()).expect("valid layer");
+    let cin = spec.in_channels as usize;
+
+    if spec.kind == ConvKind::Inverse {
+        // The partner strided conv runs first on the same engine; the inverse maps back.
+        let partner_input = SparseTensor::new(
+            coords_of(&case.cells, &case.shape),
+            vec![0.0; case.cells.len()],
+            1,
+            &case.shape,
+            case.batch,
+        )
+        .expect("valid input");
+        let strided = spec.geometry().as_strided();
+        let rb =
+            match engine
+                .rulebooks()
+                .get_or_build(partner_input.coord_set(), &strided, "partner")
+            {
+                Ok(rb) => rb,
+                Err(Error::Geometry { .. }) => return Ok(()), // kernel larger than the grid
+                Err(e) => panic!("{e}"),
+            };
+        let x = SparseTensor::on(
+            rb.output().clone(),
+            values(rb.n_out() * cin, case.seed ^ 7),
+            cin,
+        )
+        .expect("features");
+        let y = conv.forward(&engine, &x).expect("inverse forward");
+        prop_assert!(Arc::ptr_eq(y.coord_set(), partner_input.coord_set()));
+        let want =
+            dense::conv(&spec, &x, &weight, bias.as_deref(), Some(&partner_input)).expect("dense");
+        prop_assert_eq!(y.coords(), &want.coords[..]);
+        assert_close(y.features(), &want.features, "inverse");
+        return Ok(());
+    }
+
+    let x = SparseTensor::new(
+        coords_of(&case.cells, &case.shape),
+        values(case.cells.len() * cin, case.seed ^ 3),
+        cin,
+        &case.shape,
+        case.batch,
+    )
+    .expect("valid input");
+    let want = match dense::conv(&spec, &x, &weight, bias.as_deref(), None) {
+        Ok(w) => w,
+        Err(Error::Geometry { .. }) => {
+            let refused = matches!(conv.forward(&engine, &x), Err(Error::Geometry { .. }));
+            prop_assert!(
+                refused,
+                "the rulebook builder must refuse what the dense reference refuses"
+            );
+            return Ok(());
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let y = conv.forward(&engine, &x).expect("forward");
+    prop_assert_eq!(y.coords(), &want.coords[..], "output sites of {}", spec);
+    assert_close(y.features(), &want.features, &spec.kernel_name());
+    // Same geometry again: the cache answers, and the answer is the same.
+    let again = conv.forward(&engine, &x).expect("forward");
+    prop_assert_eq!(again.features(), y.features());
+    prop_assert!(engine.rulebooks().stats().hits >= 1);
+    Ok(())
+}
+
+proptest! {
+    // 400 cases by default; PROPTEST_CASES overrides for a longer soak.
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400), ..ProptestConfig::default() })]
+
+    #[test]
+    fn rulebook_and_reference_match_dense(case in case()) {
+        check(&case)?;
+    }
+}
+
+#[test]
+fn f64_accumulation_is_the_closest() {
+    let spec = LayerSpec::builder(ConvKind::Submanifold, 3)
+        .channels(64, 64)
+        .build()
+        .unwrap();
+    let shape = [6, 6, 6];
+    let cells: Vec<u32> = (0..216).step_by(2).collect();
+    let coords = coords_of(&cells, &shape);
+    let x = SparseTensor::new(coords, values(cells.len() * 64, 1), 64, &shape, 1).unwrap();
+    let weight = values(spec.weight_len(), 2);
+    let conv = SparseConv::new(spec, weight.clone(), None).unwrap();
+    let exact = dense::conv(&spec, &x, &weight, None, None).unwrap();
+    let f64_engine = Engine::with_backend(Arc::new(ReferenceBackend {
+        accumulate: Accumulate::F64,
+    }));
+    let y64 = conv.forward(&f64_engine, &x).unwrap();
+    for (&g, &w) in y64.features().iter().zip(&exact.features) {
+        assert_eq!(g, w as f32, "f64 accumulation rounds the exact sum once");
+    }
+}
