@@ -4,13 +4,16 @@
 //! (batch, then each axis of the spatial shape), so every key order is the lexicographic
 //! order of the coordinates and grids of any size up to 2^63 sites work (no int32
 //! overflow). The index sorts the rows by key once and groups them into *lines*: rows that
-//! share everything but the last axis. A `hashbrown` map takes a line key to its run in the
-//! sorted order, and within a line the last-axis coordinates are sorted, so a rulebook
-//! builder does one hash lookup per (output line, leading-axis offset) and then a short
-//! sorted search, instead of one hash probe per (site, offset). The map grows with its
-//! input: there is no capacity to overflow.
+//! share everything but the last axis. The sorted line keys let a rulebook builder that
+//! visits outputs in sorted order find the input line of every leading-axis offset with a
+//! cursor that only moves forward ([`CoordIndex::seek_line`]): a merge, not a hash probe per
+//! (site, offset). Within a line the last-axis coordinates are sorted, so the last axis is a
+//! merge too. For random lookups ([`CoordIndex::find`]) a `hashbrown` map from line key to
+//! line is built on first use; it grows with its input, there is no capacity to overflow.
 //!
 //! Sorting also finds duplicate coordinates for free, which is where they are rejected.
+
+use std::sync::OnceLock;
 
 use hashbrown::HashMap;
 use rayon::prelude::*;
@@ -93,16 +96,20 @@ pub struct Line {
     pub end: u32,
 }
 
-/// Index of a coordinate set: sorted order, line map and last-axis coordinates.
-#[derive(Debug, Clone)]
+/// Index of a coordinate set: sorted order, sorted line keys and last-axis coordinates.
+#[derive(Debug)]
 pub struct CoordIndex {
     packing: KeyPacking,
     /// Row ids in key order.
     sorted_rows: Vec<u32>,
     /// Last-axis coordinate of each row, in key order.
     sorted_last: Vec<i32>,
-    /// Line key → run in sorted order.
-    lines: HashMap<u64, Line>,
+    /// Distinct line keys, ascending.
+    line_keys: Vec<u64>,
+    /// Start of each line in sorted order, plus the end (`line_keys.len() + 1` entries).
+    line_starts: Vec<u32>,
+    /// Line key → line number, for random lookups; built on first use.
+    line_map: OnceLock<HashMap<u64, u32>>,
     /// Whether the rows were already in key order.
     identity: bool,
 }
@@ -147,28 +154,24 @@ impl CoordIndex {
             .map(|&r| coords[r as usize * width + width - 1])
             .collect();
         let last_size = u64::from(*packing.shape().last().unwrap_or(&1));
-        let mut lines: HashMap<u64, Line> = HashMap::with_capacity(n / 2 + 1);
-        let mut start = 0usize;
-        while start < n {
-            let line = keys[sorted_rows[start] as usize] / last_size;
-            let mut end = start + 1;
-            while end < n && keys[sorted_rows[end] as usize] / last_size == line {
-                end += 1;
-            }
-            lines.insert(
-                line,
-                Line {
-                    start: start as u32,
-                    end: end as u32,
-                },
-            );
-            start = end;
-        }
+        let line_of = |pos: usize| keys[sorted_rows[pos] as usize] / last_size;
+        let mut line_starts: Vec<u32> = (0..n)
+            .into_par_iter()
+            .filter(|&pos| pos == 0 || line_of(pos) != line_of(pos - 1))
+            .map(|pos| pos as u32)
+            .collect();
+        let line_keys: Vec<u64> = line_starts
+            .par_iter()
+            .map(|&pos| line_of(pos as usize))
+            .collect();
+        line_starts.push(n as u32);
         Ok(CoordIndex {
             packing,
             sorted_rows,
             sorted_last,
-            lines,
+            line_keys,
+            line_starts,
+            line_map: OnceLock::new(),
             identity,
         })
     }
@@ -198,16 +201,66 @@ impl CoordIndex {
         self.identity
     }
 
-    /// The run of a line key, if any row lies on it.
+    /// Number of lines.
+    pub fn n_lines(&self) -> usize {
+        self.line_keys.len()
+    }
+
+    /// The run of line number `i`.
+    #[inline]
+    pub fn line_at(&self, i: usize) -> Line {
+        Line {
+            start: self.line_starts[i],
+            end: self.line_starts[i + 1],
+        }
+    }
+
+    /// The run of a line key, if any row lies on it (a hash lookup).
     #[inline]
     pub fn line(&self, line_key: u64) -> Option<Line> {
-        self.lines.get(&line_key).copied()
+        let map = self.line_map.get_or_init(|| {
+            let mut map = HashMap::with_capacity(self.line_keys.len());
+            map.extend(
+                self.line_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &k)| (k, i as u32)),
+            );
+            map
+        });
+        map.get(&line_key).map(|&i| self.line_at(i as usize))
+    }
+
+    /// Moves `cursor` (a line number) forward to the first line whose key is `≥ line_key`,
+    /// galloping, and returns that line if its key equals `line_key`. Visiting queries in
+    /// ascending order makes a sweep over all of them linear in the number of lines.
+    #[inline]
+    pub fn seek_line(&self, cursor: &mut usize, line_key: u64) -> Option<Line> {
+        let keys = &self.line_keys;
+        let mut lo = *cursor;
+        if lo < keys.len() && keys[lo] < line_key {
+            let mut step = 1;
+            while lo + step < keys.len() && keys[lo + step] < line_key {
+                lo += step;
+                step *= 2;
+            }
+            let hi = (lo + step).min(keys.len());
+            lo += keys[lo..hi].partition_point(|&k| k < line_key);
+        }
+        *cursor = lo;
+        (lo < keys.len() && keys[lo] == line_key).then(|| self.line_at(lo))
     }
 
     /// Last-axis coordinates of a line's rows (sorted ascending).
     #[inline]
     pub fn line_last(&self, line: Line) -> &[i32] {
         &self.sorted_last[line.start as usize..line.end as usize]
+    }
+
+    /// Last-axis coordinates of all rows in sorted order.
+    #[inline]
+    pub fn sorted_last(&self) -> &[i32] {
+        &self.sorted_last
     }
 
     /// The row at sorted position `pos`.
@@ -240,6 +293,12 @@ mod tests {
         assert_eq!(idx.find(&[0, 1, 2, 0]), None);
         let line = idx.line(idx.packing().line_key(&[0, 1, 2, 0])).unwrap();
         assert_eq!(idx.line_last(line), &[1, 2, 3]);
+        let mut cursor = 0;
+        let key = idx.packing().line_key(&[0, 1, 2, 0]);
+        assert_eq!(idx.seek_line(&mut cursor, key - 1), None);
+        assert_eq!(idx.seek_line(&mut cursor, key), Some(line));
+        assert_eq!(idx.seek_line(&mut cursor, key + 1), None);
+        assert_eq!(cursor, idx.n_lines() - 1);
     }
 
     #[test]

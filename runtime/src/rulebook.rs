@@ -80,6 +80,24 @@ impl Relation {
         };
         (0..size).contains(&p).then_some(p)
     }
+
+    /// A lower bound of every input position any of the `kernel` offsets reaches from `o`,
+    /// before range clipping; unlike the first valid position, it never decreases as `o`
+    /// grows, so a merge can carry its start from one output to the next.
+    #[inline]
+    fn lower_bound(self, o: i64, kernel: i64) -> i64 {
+        match self {
+            Relation::Forward { scale, shift, .. } => o * scale - shift,
+            Relation::Backward {
+                stride,
+                pad,
+                dilation,
+            } => {
+                let num = o + pad - (kernel - 1) * dilation;
+                -(-num).div_euclid(stride)
+            }
+        }
+    }
 }
 
 fn relations(geometry: &Geometry) -> [Relation; MAX_DIMS] {
@@ -344,14 +362,26 @@ fn push_products(per_axis: &[Vec<i64>], batch: i32, packing: &KeyPacking, keys: 
 }
 
 /// Fills the `[N_out, K]` table, in output row order.
+///
+/// Outputs are visited in sorted order. Each per-axis relation is strictly increasing in the
+/// output coordinate where it is defined, so for a fixed leading-axis offset the input line
+/// it queries only moves forward: one forward-only cursor per offset finds every input line
+/// ([`CoordIndex::seek_line`](crate::CoordIndex::seek_line)), and within a line the
+/// last-axis matches are a merge whose start carries over from one output to the next.
 fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec<i32> {
     let dims = geometry.dims();
     let k_total = geometry.kernel_volume();
     let k_last = geometry.kernel[dims - 1] as usize;
     let k_lead = k_total / k_last;
     let rel = relations(geometry);
+    // Backward relations decrease along the kernel: visit those offsets in reverse so the
+    // input positions ascend.
+    let reverse_last = matches!(rel[dims - 1], Relation::Backward { .. });
     let in_index = input.index();
+    let in_packing = in_index.packing();
+    let last = in_index.sorted_last();
     let in_shape = input.spatial_shape();
+    let size_last = i64::from(in_shape[dims - 1]);
     let out_index = output.index();
     let out_packing = out_index.packing();
     let n_out = output.len();
@@ -362,7 +392,9 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
         .for_each(|(chunk, table)| {
             let first = chunk * CHUNK;
             let mut current_line = u64::MAX;
+            let mut cursors = vec![0usize; k_lead];
             let mut lines: Vec<Option<Line>> = vec![None; k_lead];
+            let mut starts = vec![0usize; k_lead];
             let mut lead_coord = [0i32; MAX_DIMS + 1];
             for (local, row_table) in table.chunks_exact_mut(k_total).enumerate() {
                 let out_row = out_index.row_at(first + local) as usize;
@@ -371,25 +403,46 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
                 if line_key != current_line {
                     current_line = line_key;
                     lead_coord[0] = oc[0];
-                    for (lead, slot) in lines.iter_mut().enumerate() {
-                        *slot = lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
-                            .and_then(|c| {
-                                in_index.line(in_index.packing().line_key(&c[..dims + 1]))
-                            });
+                    for lead in 0..k_lead {
+                        lines[lead] =
+                            lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
+                                .and_then(|c| {
+                                    in_index.seek_line(
+                                        &mut cursors[lead],
+                                        in_packing.line_key(&c[..dims + 1]),
+                                    )
+                                });
+                        if let Some(line) = lines[lead] {
+                            starts[lead] = line.start as usize;
+                        }
                     }
                 }
                 let o_last = i64::from(oc[dims]);
-                let size_last = i64::from(in_shape[dims - 1]);
-                for (lead, line) in lines.iter().enumerate() {
-                    let Some(line) = *line else { continue };
-                    let xs = in_index.line_last(line);
-                    for kx in 0..k_last {
+                for lead in 0..k_lead {
+                    let Some(line) = lines[lead] else { continue };
+                    let end = line.end as usize;
+                    let mut pos = starts[lead];
+                    let bound = rel[dims - 1].lower_bound(o_last, k_last as i64);
+                    while pos < end && i64::from(last[pos]) < bound {
+                        pos += 1;
+                    }
+                    // The next output's inputs all lie at or after this one's bound.
+                    starts[lead] = pos;
+                    for step in 0..k_last {
+                        let kx = if reverse_last {
+                            k_last - 1 - step
+                        } else {
+                            step
+                        };
                         let Some(p) = rel[dims - 1].input(o_last, kx as i64, size_last) else {
                             continue;
                         };
-                        if let Ok(at) = xs.binary_search(&(p as i32)) {
-                            row_table[lead * k_last + kx] =
-                                in_index.row_at(line.start as usize + at) as i32;
+                        let p = p as i32;
+                        while pos < end && last[pos] < p {
+                            pos += 1;
+                        }
+                        if pos < end && last[pos] == p {
+                            row_table[lead * k_last + kx] = in_index.row_at(pos) as i32;
                         }
                     }
                 }
