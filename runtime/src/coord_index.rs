@@ -153,16 +153,18 @@ impl CoordIndex {
             .par_iter()
             .map(|&r| coords[r as usize * width + width - 1])
             .collect();
-        let last_size = u64::from(*packing.shape().last().unwrap_or(&1));
-        let line_of = |pos: usize| keys[sorted_rows[pos] as usize] / last_size;
+        let line_keys_sorted: Vec<u64> = sorted_rows
+            .par_iter()
+            .map(|&r| packing.line_key(&coords[r as usize * width..(r as usize + 1) * width]))
+            .collect();
         let mut line_starts: Vec<u32> = (0..n)
             .into_par_iter()
-            .filter(|&pos| pos == 0 || line_of(pos) != line_of(pos - 1))
+            .filter(|&pos| pos == 0 || line_keys_sorted[pos] != line_keys_sorted[pos - 1])
             .map(|pos| pos as u32)
             .collect();
         let line_keys: Vec<u64> = line_starts
             .par_iter()
-            .map(|&pos| line_of(pos as usize))
+            .map(|&pos| line_keys_sorted[pos as usize])
             .collect();
         line_starts.push(n as u32);
         Ok(CoordIndex {

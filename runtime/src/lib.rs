@@ -13,6 +13,7 @@ pub mod dense;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod radix_sort;
 pub mod reference;
 pub mod rulebook;
 pub mod rulebook_cache;

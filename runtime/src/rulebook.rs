@@ -289,6 +289,9 @@ fn output_sites(input: &CoordSet, geometry: &Geometry, out_shape: &[u32]) -> Res
         .par_chunks(width * CHUNK)
         .map(|chunk| {
             let mut keys = Vec::with_capacity(chunk.len() / width * 2);
+            // Neighbouring inputs reach the same outputs: a small direct-mapped filter of
+            // recent keys drops most repeats before the global sort.
+            let mut recent = [u64::MAX; 1024];
             let mut per_axis: [Vec<i64>; MAX_DIMS] = Default::default();
             for coord in chunk.chunks_exact(width) {
                 for axis in 0..dims {
@@ -314,15 +317,26 @@ fn output_sites(input: &CoordSet, geometry: &Geometry, out_shape: &[u32]) -> Res
                         }
                     }
                 }
+                let from = keys.len();
                 push_products(&per_axis[..dims], coord[0], &packing, &mut keys);
+                let mut kept = from;
+                for i in from..keys.len() {
+                    let key = keys[i];
+                    let slot =
+                        &mut recent[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize];
+                    if *slot != key {
+                        *slot = key;
+                        keys[kept] = key;
+                        kept += 1;
+                    }
+                }
+                keys.truncate(kept);
             }
-            keys.sort_unstable();
-            keys.dedup();
             keys
         })
         .collect();
     let mut keys: Vec<u64> = chunk_keys.concat();
-    keys.par_sort_unstable();
+    crate::radix_sort::sort_u64(&mut keys);
     keys.dedup();
     let mut coords = vec![0i32; keys.len() * width];
     coords
@@ -385,17 +399,27 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     let out_index = output.index();
     let out_packing = out_index.packing();
     let n_out = output.len();
-    let mut sorted = vec![-1i32; n_out * k_total];
-    sorted
+    // Each work item initialises its own rows just before filling them, so the pages of a
+    // large table are first touched in parallel and while they are in cache.
+    let mut sorted: Vec<i32> = Vec::with_capacity(n_out * k_total);
+    sorted.spare_capacity_mut()[..n_out * k_total]
         .par_chunks_mut(CHUNK * k_total)
         .enumerate()
-        .for_each(|(chunk, table)| {
+        .for_each(|(chunk, uninit)| {
+            for v in uninit.iter_mut() {
+                v.write(-1);
+            }
+            // SAFETY: every element of `uninit` was initialised just above, and
+            // `MaybeUninit<i32>` has the same layout as `i32`.
+            let table =
+                unsafe { &mut *(uninit as *mut [std::mem::MaybeUninit<i32>] as *mut [i32]) };
             let first = chunk * CHUNK;
             let mut current_line = u64::MAX;
             let mut cursors = vec![0usize; k_lead];
             let mut lines: Vec<Option<Line>> = vec![None; k_lead];
             let mut starts = vec![0usize; k_lead];
             let mut lead_coord = [0i32; MAX_DIMS + 1];
+            let mut plan = ForwardLeads::new(geometry, &rel, in_shape);
             for (local, row_table) in table.chunks_exact_mut(k_total).enumerate() {
                 let out_row = out_index.row_at(first + local) as usize;
                 let oc = output.coord(out_row);
@@ -403,15 +427,17 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
                 if line_key != current_line {
                     current_line = line_key;
                     lead_coord[0] = oc[0];
+                    if let Some(plan) = &mut plan {
+                        plan.begin_line(oc);
+                    }
                     for lead in 0..k_lead {
+                        let query = match &plan {
+                            Some(plan) => plan.query(lead),
+                            None => lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
+                                .map(|c| in_packing.line_key(&c[..dims + 1])),
+                        };
                         lines[lead] =
-                            lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
-                                .and_then(|c| {
-                                    in_index.seek_line(
-                                        &mut cursors[lead],
-                                        in_packing.line_key(&c[..dims + 1]),
-                                    )
-                                });
+                            query.and_then(|key| in_index.seek_line(&mut cursors[lead], key));
                         if let Some(line) = lines[lead] {
                             starts[lead] = line.start as usize;
                         }
@@ -428,6 +454,21 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
                     }
                     // The next output's inputs all lie at or after this one's bound.
                     starts[lead] = pos;
+                    let row_offsets = &mut row_table[lead * k_last..(lead + 1) * k_last];
+                    if let Relation::Forward { dilation, .. } = rel[dims - 1] {
+                        // The inputs form the window [bound, bound + (K − 1)·d]: walk the
+                        // sites in it (usually zero to three) instead of every offset.
+                        let top = bound + (k_last as i64 - 1) * dilation;
+                        while pos < end && i64::from(last[pos]) <= top {
+                            let delta = i64::from(last[pos]) - bound;
+                            if dilation == 1 || delta % dilation == 0 {
+                                row_offsets[(delta / dilation) as usize] =
+                                    in_index.row_at(pos) as i32;
+                            }
+                            pos += 1;
+                        }
+                        continue;
+                    }
                     for step in 0..k_last {
                         let kx = if reverse_last {
                             k_last - 1 - step
@@ -442,12 +483,15 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
                             pos += 1;
                         }
                         if pos < end && last[pos] == p {
-                            row_table[lead * k_last + kx] = in_index.row_at(pos) as i32;
+                            row_offsets[kx] = in_index.row_at(pos) as i32;
                         }
                     }
                 }
             }
         });
+    // SAFETY: the parallel loop above initialised all `n_out · k_total` elements (its
+    // chunks cover the whole range).
+    unsafe { sorted.set_len(n_out * k_total) };
     if out_index.is_sorted() {
         return sorted;
     }
@@ -464,6 +508,112 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
             row.copy_from_slice(&sorted[pos * k_total..(pos + 1) * k_total]);
         });
     table
+}
+
+/// Input line keys of the leading-axis offsets for forward relations (submanifold and
+/// strided), without per-offset decoding: the key of offset `lead` from an output line is
+/// that line's base key plus a constant per offset, and an offset is valid when each of its
+/// per-axis kernel positions lies in an interval computed once per output line.
+#[derive(Debug, Clone)]
+struct ForwardLeads {
+    lead_axes: usize,
+    /// Per offset, its per-axis kernel positions (leading axes only).
+    positions: Vec<[i64; MAX_DIMS]>,
+    /// Per offset, the key delta `Σ k_a·d_a·W_a`.
+    deltas: Vec<i64>,
+    /// Per leading axis: scale, shift, dilation, input size, key weight `W_a`.
+    axes: [(i64, i64, i64, i64, i64); MAX_DIMS],
+    /// Batch weight: the product of the leading input sizes.
+    batch_weight: i64,
+    /// The current output line: base key and valid kernel interval per axis.
+    base: i64,
+    valid: [(i64, i64); MAX_DIMS],
+}
+
+impl ForwardLeads {
+    fn new(geometry: &Geometry, rel: &[Relation; MAX_DIMS], in_shape: &[u32]) -> Option<Self> {
+        let dims = geometry.dims();
+        let lead_axes = dims - 1;
+        let mut axes = [(0, 0, 0, 0, 0); MAX_DIMS];
+        let mut weight = 1i64;
+        for axis in (0..lead_axes).rev() {
+            let Relation::Forward {
+                scale,
+                shift,
+                dilation,
+            } = rel[axis]
+            else {
+                return None;
+            };
+            axes[axis] = (scale, shift, dilation, i64::from(in_shape[axis]), weight);
+            weight *= i64::from(in_shape[axis]);
+        }
+        let k_lead: usize = geometry.kernel[..lead_axes]
+            .iter()
+            .map(|&k| k as usize)
+            .product();
+        let mut positions = Vec::with_capacity(k_lead);
+        let mut deltas = Vec::with_capacity(k_lead);
+        for lead in 0..k_lead {
+            let mut pos = [0i64; MAX_DIMS];
+            let mut rest = lead;
+            let mut delta = 0;
+            for axis in (0..lead_axes).rev() {
+                let size = geometry.kernel[axis] as usize;
+                pos[axis] = (rest % size) as i64;
+                rest /= size;
+                delta += pos[axis] * axes[axis].2 * axes[axis].4;
+            }
+            positions.push(pos);
+            deltas.push(delta);
+        }
+        Some(ForwardLeads {
+            lead_axes,
+            positions,
+            deltas,
+            axes,
+            batch_weight: weight,
+            base: 0,
+            valid: [(0, -1); MAX_DIMS],
+        })
+    }
+
+    /// Prepares the queries of the output line of `oc`.
+    #[inline]
+    fn begin_line(&mut self, oc: &[i32]) {
+        let mut base = i64::from(oc[0]) * self.batch_weight;
+        for axis in 0..self.lead_axes {
+            let (scale, shift, dilation, size, weight) = self.axes[axis];
+            let p0 = i64::from(oc[axis + 1]) * scale - shift;
+            base += p0 * weight;
+            // p0 + k·d ∈ [0, size)  ⇔  k ∈ [⌈−p0/d⌉, ⌊(size − 1 − p0)/d⌋].
+            let (lo, hi) = if dilation == 1 {
+                ((-p0).max(0), size - 1 - p0)
+            } else {
+                let lo = if p0 >= 0 {
+                    0
+                } else {
+                    (-p0 + dilation - 1) / dilation
+                };
+                (lo, (size - 1 - p0).div_euclid(dilation))
+            };
+            self.valid[axis] = (lo, hi);
+        }
+        self.base = base;
+    }
+
+    /// The input line key of offset `lead`, if inside the grid.
+    #[inline]
+    fn query(&self, lead: usize) -> Option<u64> {
+        let pos = &self.positions[lead];
+        for axis in 0..self.lead_axes {
+            let (lo, hi) = self.valid[axis];
+            if pos[axis] < lo || pos[axis] > hi {
+                return None;
+            }
+        }
+        Some((self.base + self.deltas[lead]) as u64)
+    }
 }
 
 /// The input coordinate (batch, leading axes, last axis 0) of leading-axis offset `lead`
