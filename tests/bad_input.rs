@@ -1,5 +1,7 @@
 //! Bad input gets a clear, typed error — never a panic or a wrong answer.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
 use std::path::PathBuf;
 
 use sparsegen::prelude::*;

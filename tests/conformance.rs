@@ -3,6 +3,8 @@
 //! max |spconv|, rows matched by coordinate. Skips with a printed reason when the folder is
 //! absent (a user who has only the project).
 
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
 use std::path::Path;
 
 use sparsegen::runtime::Engine;

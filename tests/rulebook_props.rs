@@ -2,6 +2,8 @@
 //! over random dims (1–4), kinds, kernels, strides, paddings, dilations, groups, bias,
 //! activations, batch sizes, sparsity and row order.
 
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
 use std::sync::Arc;
 
 use proptest::prelude::*;

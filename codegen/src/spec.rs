@@ -87,15 +87,8 @@ impl Activation {
                     x
                 }
             }
-            Activation::Relu6 => {
-                if x < 0.0 {
-                    0.0
-                } else if x > 6.0 {
-                    6.0
-                } else {
-                    x
-                }
-            }
+            // `clamp` keeps NaN (and −0.0) as they are.
+            Activation::Relu6 => x.clamp(0.0, 6.0),
             Activation::LeakyRelu {
                 negative_slope_bits,
             } => {
@@ -441,7 +434,7 @@ impl LayerSpec {
                             stride: self.stride[axis],
                         });
                     }
-                    if self.kernel[axis] % 2 == 0 {
+                    if self.kernel[axis].is_multiple_of(2) {
                         return Err(SpecError::SubmanifoldEvenKernel {
                             axis,
                             size: self.kernel[axis],

@@ -253,9 +253,7 @@ pub fn check_layer(
     let weight_path = layer.dir.join("weight_krsc.npy");
     let weight = npy::read_f32(&weight_path)?;
     let mut expected_shape = vec![None; dims + 2];
-    for axis in 1..=dims {
-        expected_shape[axis] = Some(layer.kernel as usize);
-    }
+    expected_shape[1..=dims].fill(Some(layer.kernel as usize));
     let weight = weight.expect_shape(&weight_path, &expected_shape)?;
     let (cout, cin) = (weight.shape[0] as u32, weight.shape[dims + 1] as u32);
     let feats_path = layer.dir.join("in_feats.npy");

@@ -606,11 +606,12 @@ impl ForwardLeads {
     #[inline]
     fn query(&self, lead: usize) -> Option<u64> {
         let pos = &self.positions[lead];
-        for axis in 0..self.lead_axes {
-            let (lo, hi) = self.valid[axis];
-            if pos[axis] < lo || pos[axis] > hi {
-                return None;
-            }
+        let inside = pos[..self.lead_axes]
+            .iter()
+            .zip(&self.valid)
+            .all(|(&k, &(lo, hi))| (lo..=hi).contains(&k));
+        if !inside {
+            return None;
         }
         Some((self.base + self.deltas[lead]) as u64)
     }

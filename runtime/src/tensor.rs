@@ -59,7 +59,7 @@ impl CoordSet {
             });
         }
         let width = dims + 1;
-        if coords.len() % width != 0 {
+        if !coords.len().is_multiple_of(width) {
             return Err(TensorError::CoordsLen {
                 len: coords.len(),
                 width,
