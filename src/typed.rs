@@ -91,6 +91,11 @@ impl<const C: usize> From<Features<C>> for SparseTensor {
 /// A layer whose spec is known when it compiles: what `sparse_layer!` implements for each
 /// type it defines. `Input` is `Features<IN>` and `Output` is `Features<OUT>`, so generic
 /// code can require that two layers fit: `B: Layer<Input = A::Output>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a layer defined with `sparse_layer!`",
+    label = "not a `sparse_layer!` layer",
+    note = "an inverse layer's `of:` names a strided layer defined with `sparse_layer!`, e.g. `pub Down = conv3d(in: 16, out: 32, stride: 2);`"
+)]
 pub trait Layer: Sized {
     /// The type's name (used in errors).
     const NAME: &'static str;

@@ -104,8 +104,14 @@ pub fn resolve(input: &Input) -> (Vec<Layer>, Option<syn::Error>) {
     }
     let mut order: Vec<&LayerDef> = input.defs.iter().collect();
     order.sort_by_key(|d| ctor_kind(&d.ctor) == Some(ConvKind::Inverse));
+    let local_inverses: Vec<String> = input
+        .defs
+        .iter()
+        .filter(|d| ctor_kind(&d.ctor) == Some(ConvKind::Inverse))
+        .map(|d| d.name.to_string())
+        .collect();
     for def in order {
-        let result = resolve_def(def, &resolved);
+        let result = resolve_def(def, &resolved, &local_inverses);
         let entry = match result {
             Ok(layer) => Ok(layer),
             Err(e) => {
@@ -166,6 +172,7 @@ impl Keys<'_> {
 fn resolve_def(
     def: &LayerDef,
     resolved: &HashMap<String, Result<Layer, ()>>,
+    local_inverses: &[String],
 ) -> Result<Layer, Option<syn::Error>> {
     let ctor = def.ctor.to_string();
     let Some((kind, dims)) = parse_ctor(&def.ctor) else {
@@ -213,7 +220,7 @@ fn resolve_def(
         let Some(of) = keys.values.get("of") else {
             return Err(Some(missing("of", "the strided layer this one undoes")));
         };
-        let (p, geometry) = inverse_partner(of, &ctor, dims, resolved)?;
+        let (p, geometry) = inverse_partner(of, &ctor, dims, resolved, local_inverses)?;
         partner = Some(p);
         match geometry {
             Some(g) => {
@@ -272,6 +279,12 @@ fn spec_message(e: &SpecError) -> String {
         SpecError::Zero(Field::InChannels | Field::OutChannels) => {
             format!("{e}: a layer has at least one channel")
         }
+        SpecError::OutputPaddingKind => {
+            format!("{e}: remove it, or make the layer a `deconvNd`")
+        }
+        SpecError::OutputPaddingTooLarge { .. } => {
+            format!("{e}: lower `output_padding`, or raise `stride`")
+        }
         _ => e.to_string(),
     }
 }
@@ -283,16 +296,14 @@ fn collect_keys(def: &LayerDef, kind: ConvKind) -> Result<Keys<'_>, Option<syn::
     for arg in &def.args {
         let name = arg.key.to_string();
         let Some(&key) = KEYS.iter().find(|&&k| k == name) else {
-            let hint = match closest(&name) {
-                Some(k) => format!("did you mean `{k}`? "),
-                None => String::new(),
+            let keys = keys_for(kind);
+            let help = match closest(&name) {
+                Some(k) => format!("did you mean `{k}`? The keys are {keys}"),
+                None => format!("the keys are {keys}"),
             };
             return Err(Some(syn::Error::new(
                 arg.key.span(),
-                format!(
-                    "unknown key `{name}` in `{ctor}`: {hint}the keys are {}",
-                    keys_for(kind)
-                ),
+                format!("unknown key `{name}` in `{ctor}`: {help}"),
             )));
         };
         if let Some(first) = written.get(key) {
@@ -395,12 +406,13 @@ fn inverse_partner(
     ctor: &str,
     dims: usize,
     resolved: &HashMap<String, Result<Layer, ()>>,
+    local_inverses: &[String],
 ) -> Result<(Partner, Option<PartnerGeometry>), Option<syn::Error>> {
     let path = match strip(of) {
         Expr::Path(p) if p.qself.is_none() => p.path.clone(),
         other => {
-            return Err(Some(syn::Error::new(
-                other.span(),
+            return Err(Some(syn::Error::new_spanned(
+                other,
                 "`of` takes the name of the strided layer this inverse layer undoes, e.g. `of: Down1`",
             )));
         }
@@ -409,6 +421,14 @@ fn inverse_partner(
         return Ok((Partner::External(path), None));
     };
     let Some(partner) = resolved.get(&ident.to_string()) else {
+        if local_inverses.iter().any(|name| ident == name) {
+            return Err(Some(syn::Error::new_spanned(
+                of,
+                format!(
+                    "`{ident}` is an inverse convolution, but an inverse convolution undoes a strided one: point `of` at a `conv{dims}d` layer"
+                ),
+            )));
+        }
         return Ok((Partner::External(path), None));
     };
     // The partner's own error is already reported; do not add a second one here.
@@ -475,12 +495,12 @@ fn int(expr: &Expr, key: &str) -> syn::Result<u32> {
                 ),
             )),
         },
-        Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => Err(syn::Error::new(
-            expr.span(),
-            format!("`{key}` cannot be negative"),
+        Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => Err(syn::Error::new_spanned(
+            expr,
+            format!("`{key}` cannot be negative: use 0 or more"),
         )),
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(
+            other,
             format!(
                 "`{key}` takes an integer literal, e.g. `{key}: {}`: the layer is checked when it compiles, so its sizes must be written out",
                 example(key)
@@ -508,8 +528,8 @@ fn extent(expr: &Expr, key: &str) -> syn::Result<Extent> {
             .collect::<syn::Result<Vec<u32>>>()
             .map(Extent::PerAxis),
         Expr::Lit(_) | Expr::Unary(_) => int(expr, key).map(Extent::Uniform),
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(
+            other,
             format!(
                 "`{key}` takes one integer for every axis or one per axis, e.g. `{key}: {0}` or `{key}: [{0}, 1, {0}]`",
                 example(key)
@@ -523,8 +543,8 @@ fn boolean(expr: &Expr, key: &str) -> syn::Result<bool> {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Bool(b), ..
         }) => Ok(b.value),
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(
+            other,
             format!("`{key}` takes `true` or `false`"),
         )),
     }
@@ -766,6 +786,10 @@ mod tests {
                 "unknown key `colour` in `subm3d`: the keys are `in`, `out`",
             ),
             (
+                quote! { A = inverse3d(of: B, in: 4, out: 4, colour: 3) },
+                "the keys are `in`, `out`, `groups`, `bias`, `activation`, `dtype`, `of`",
+            ),
+            (
                 quote! { A = subm3d(in: 4, out: 4, in: 5) },
                 "duplicate key `in`",
             ),
@@ -848,7 +872,7 @@ mod tests {
             ),
             (
                 quote! { A = subm3d(in: 4, out: 4, padding: -1) },
-                "`padding` cannot be negative",
+                "`padding` cannot be negative: use 0 or more",
             ),
             (
                 quote! { A = subm3d(in: 4, out: 4, kernel: (3, 3)) },
