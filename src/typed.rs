@@ -208,9 +208,9 @@ pub enum TypedError {
         /// The type's name.
         layer: &'static str,
         /// The type's spec.
-        expected: LayerSpec,
+        expected: Box<LayerSpec>,
         /// The layer's spec.
-        got: LayerSpec,
+        got: Box<LayerSpec>,
     },
 }
 
@@ -298,8 +298,8 @@ pub mod __private {
         if conv.spec() != expected {
             return Err(TypedError::Spec {
                 layer,
-                expected: *expected,
-                got: *conv.spec(),
+                expected: Box::new(*expected),
+                got: Box::new(*conv.spec()),
             });
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! `sparse_layer!` layers against the same layers built at run time: equal specs, equal
 //! forward results (coordinates and every feature bit) through the reference executor, the
 //! same validation messages, and typed errors where channels only meet at run time.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what we want
 
 use std::path::Path;
 
@@ -208,7 +209,7 @@ fn forward_equals_runtime_built_layers_on_a_real_scan() {
 
 #[test]
 fn runtime_layers_convert_into_macro_types_with_typed_errors() {
-    let [stem, down, ..] = runtime_specs();
+    let [stem, ..] = runtime_specs();
     let (w, b) = weights_of(&stem, 1);
     let conv = SparseConv::new(stem, w, b).unwrap();
     let typed = Stem::try_from(conv.clone()).unwrap();
@@ -242,7 +243,6 @@ fn runtime_layers_convert_into_macro_types_with_typed_errors() {
             got: (4, 8)
         }
     );
-    let _ = down;
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn a_runtime_built_layer_runs_between_macro_layers() {
     let s = net.stem.forward(&engine, &x).unwrap();
     // Mid's spec from a "config file", typed by a channel check.
     let spec = runtime_specs()[2];
-    let (w, b) = weights_of(&spec, 3);
+    let (_, b) = weights_of(&spec, 3);
     let from_config = SparseConv::new(
         LayerSpec {
             in_channels: 8,
@@ -267,7 +267,6 @@ fn a_runtime_built_layer_runs_between_macro_layers() {
     let mid = TypedConv::<8, 16>::new(from_config).unwrap();
     let m: Features<16> = mid.forward(&engine, &s).unwrap();
     assert_eq!(m.channels(), 16);
-    let _ = w;
     // Channels that only meet at run time: a typed error, not a panic.
     let err = Features::<16>::new(s.into_tensor()).unwrap_err();
     assert_eq!(

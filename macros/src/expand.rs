@@ -320,6 +320,7 @@ fn partner_check(layer: &Layer, path: &syn::Path) -> TokenStream {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what we want
 mod tests {
     use super::*;
     use quote::quote;

@@ -138,6 +138,7 @@ impl Parse for Arg {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what we want
 mod tests {
     use super::*;
     use quote::quote;

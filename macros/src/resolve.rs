@@ -655,6 +655,7 @@ fn written(def: &LayerDef) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what we want
 mod tests {
     use super::*;
     use crate::parse::parse_input;
