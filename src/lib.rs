@@ -22,6 +22,8 @@
 pub use sparsegen_codegen as codegen;
 pub use sparsegen_runtime as runtime;
 
+pub mod typed;
+
 /// Everything a user needs, in one import.
 pub mod prelude {
     pub use sparsegen_codegen::{
@@ -32,4 +34,7 @@ pub mod prelude {
         Accumulate, ConvBackend, CoordSet, Engine, Error, ReferenceBackend, Rulebook,
         RulebookCache, SparseConv, SparseTensor, TensorError,
     };
+
+    pub use crate::typed::{Features, Layer, TypedConv, TypedError};
+    pub use sparsegen_macros::sparse_layer;
 }
