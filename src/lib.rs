@@ -21,6 +21,7 @@
 
 pub use sparsegen_codegen as codegen;
 pub use sparsegen_runtime as runtime;
+pub use sparsegen_macros::sparse_layer;
 
 pub mod typed;
 
