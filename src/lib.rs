@@ -39,3 +39,8 @@ pub mod prelude {
     pub use crate::typed::{Features, Layer, TypedConv, TypedError};
     pub use sparsegen_macros::sparse_layer;
 }
+
+/// The README's code blocks, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
