@@ -20,8 +20,8 @@
 #![deny(missing_docs)]
 
 pub use sparsegen_codegen as codegen;
-pub use sparsegen_runtime as runtime;
 pub use sparsegen_macros::sparse_layer;
+pub use sparsegen_runtime as runtime;
 
 pub mod typed;
 

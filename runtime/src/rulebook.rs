@@ -17,6 +17,7 @@
 //! looked up once in the [`CoordIndex`](crate::CoordIndex); the last-axis offsets are then a
 //! sorted search in those short lines.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
@@ -382,6 +383,12 @@ fn push_products(per_axis: &[Vec<i64>], batch: i32, packing: &KeyPacking, keys: 
 /// it queries only moves forward: one forward-only cursor per offset finds every input line
 /// ([`CoordIndex::seek_line`](crate::CoordIndex::seek_line)), and within a line the
 /// last-axis matches are a merge whose start carries over from one output to the next.
+///
+/// A submanifold table is symmetric — `nbr[o][k] = i` exactly when `nbr[i][K−1−k] = o` —
+/// so only the offsets before the centre are searched; each hit also fills its mirror slot,
+/// and the centre is the site itself. Mirror slots belong to other work items' rows, so the
+/// table is first initialised in parallel and then filled through atomic stores (plain
+/// stores on x86; every slot is written at most once, so the result is deterministic).
 fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec<i32> {
     let dims = geometry.dims();
     let k_total = geometry.kernel_volume();
@@ -391,6 +398,9 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     // Backward relations decrease along the kernel: visit those offsets in reverse so the
     // input positions ascend.
     let reverse_last = matches!(rel[dims - 1], Relation::Backward { .. });
+    let symmetric = geometry.kind == ConvKind::Submanifold;
+    let centre = k_total / 2;
+    let (centre_lead, centre_last) = (centre / k_last, centre % k_last);
     let in_index = input.index();
     let in_packing = in_index.packing();
     let last = in_index.sorted_last();
@@ -399,99 +409,118 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     let out_index = output.index();
     let out_packing = out_index.packing();
     let n_out = output.len();
-    // Each work item initialises its own rows just before filling them, so the pages of a
-    // large table are first touched in parallel and while they are in cache.
-    let mut sorted: Vec<i32> = Vec::with_capacity(n_out * k_total);
-    sorted.spare_capacity_mut()[..n_out * k_total]
-        .par_chunks_mut(CHUNK * k_total)
-        .enumerate()
-        .for_each(|(chunk, uninit)| {
-            for v in uninit.iter_mut() {
+    let len = n_out * k_total;
+
+    let mut sorted: Vec<i32> = Vec::with_capacity(len);
+    sorted.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK * k_total.max(1))
+        .for_each(|chunk| {
+            for v in chunk {
                 v.write(-1);
             }
-            // SAFETY: every element of `uninit` was initialised just above, and
-            // `MaybeUninit<i32>` has the same layout as `i32`.
-            let table =
-                unsafe { &mut *(uninit as *mut [std::mem::MaybeUninit<i32>] as *mut [i32]) };
-            let first = chunk * CHUNK;
-            let mut current_line = u64::MAX;
-            let mut cursors = vec![0usize; k_lead];
-            let mut lines: Vec<Option<Line>> = vec![None; k_lead];
-            let mut starts = vec![0usize; k_lead];
-            let mut lead_coord = [0i32; MAX_DIMS + 1];
-            let mut plan = ForwardLeads::new(geometry, &rel, in_shape);
-            for (local, row_table) in table.chunks_exact_mut(k_total).enumerate() {
-                let out_row = out_index.row_at(first + local) as usize;
-                let oc = output.coord(out_row);
-                let line_key = out_packing.line_key(oc);
-                if line_key != current_line {
-                    current_line = line_key;
-                    lead_coord[0] = oc[0];
-                    if let Some(plan) = &mut plan {
-                        plan.begin_line(oc);
-                    }
-                    for lead in 0..k_lead {
-                        let query = match &plan {
-                            Some(plan) => plan.query(lead),
-                            None => lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
-                                .map(|c| in_packing.line_key(&c[..dims + 1])),
-                        };
-                        lines[lead] =
-                            query.and_then(|key| in_index.seek_line(&mut cursors[lead], key));
-                        if let Some(line) = lines[lead] {
-                            starts[lead] = line.start as usize;
-                        }
-                    }
+        });
+    // SAFETY: the loop above initialised all `len` elements (its chunks cover the range).
+    unsafe { sorted.set_len(len) };
+    const _: () = assert!(std::mem::align_of::<AtomicI32>() == std::mem::align_of::<i32>());
+    // SAFETY: `AtomicI32` has the size and bit validity of `i32` and, as asserted above, its
+    // alignment; `sorted` is not otherwise accessed while `table` lives.
+    let table: &[AtomicI32] =
+        unsafe { &*(sorted.as_mut_slice() as *mut [i32] as *const [AtomicI32]) };
+    let set = |pos: usize, k: usize, row: u32| {
+        table[pos * k_total + k].store(row as i32, Ordering::Relaxed)
+    };
+    let n_chunks = n_out.div_ceil(CHUNK);
+    let lead_limit = if symmetric { centre_lead + 1 } else { k_lead };
+
+    (0..n_chunks).into_par_iter().for_each(|chunk| {
+        let first = chunk * CHUNK;
+        let mut current_line = u64::MAX;
+        let mut cursors = vec![0usize; k_lead];
+        let mut lines: Vec<Option<Line>> = vec![None; k_lead];
+        let mut starts = vec![0usize; k_lead];
+        let mut lead_coord = [0i32; MAX_DIMS + 1];
+        let mut plan = ForwardLeads::new(geometry, &rel, in_shape);
+        for out_pos in first..(first + CHUNK).min(n_out) {
+            let out_row = out_index.row_at(out_pos);
+            let oc = output.coord(out_row as usize);
+            let line_key = out_packing.line_key(oc);
+            if line_key != current_line {
+                current_line = line_key;
+                lead_coord[0] = oc[0];
+                if let Some(plan) = &mut plan {
+                    plan.begin_line(oc);
                 }
-                let o_last = i64::from(oc[dims]);
-                for lead in 0..k_lead {
-                    let Some(line) = lines[lead] else { continue };
-                    let end = line.end as usize;
-                    let mut pos = starts[lead];
-                    let bound = rel[dims - 1].lower_bound(o_last, k_last as i64);
-                    while pos < end && i64::from(last[pos]) < bound {
-                        pos += 1;
-                    }
-                    // The next output's inputs all lie at or after this one's bound.
-                    starts[lead] = pos;
-                    let row_offsets = &mut row_table[lead * k_last..(lead + 1) * k_last];
-                    if let Relation::Forward { dilation, .. } = rel[dims - 1] {
-                        // The inputs form the window [bound, bound + (K − 1)·d]: walk the
-                        // sites in it (usually zero to three) instead of every offset.
-                        let top = bound + (k_last as i64 - 1) * dilation;
-                        while pos < end && i64::from(last[pos]) <= top {
-                            let delta = i64::from(last[pos]) - bound;
-                            if dilation == 1 || delta % dilation == 0 {
-                                row_offsets[(delta / dilation) as usize] =
-                                    in_index.row_at(pos) as i32;
-                            }
-                            pos += 1;
-                        }
-                        continue;
-                    }
-                    for step in 0..k_last {
-                        let kx = if reverse_last {
-                            k_last - 1 - step
-                        } else {
-                            step
-                        };
-                        let Some(p) = rel[dims - 1].input(o_last, kx as i64, size_last) else {
-                            continue;
-                        };
-                        let p = p as i32;
-                        while pos < end && last[pos] < p {
-                            pos += 1;
-                        }
-                        if pos < end && last[pos] == p {
-                            row_offsets[kx] = in_index.row_at(pos) as i32;
-                        }
+                for lead in 0..lead_limit {
+                    let query = match &plan {
+                        Some(plan) => plan.query(lead),
+                        None => lead_line(lead, geometry, &rel, oc, in_shape, &mut lead_coord)
+                            .map(|c| in_packing.line_key(&c[..dims + 1])),
+                    };
+                    lines[lead] = query.and_then(|key| in_index.seek_line(&mut cursors[lead], key));
+                    if let Some(line) = lines[lead] {
+                        starts[lead] = line.start as usize;
                     }
                 }
             }
-        });
-    // SAFETY: the parallel loop above initialised all `n_out · k_total` elements (its
-    // chunks cover the whole range).
-    unsafe { sorted.set_len(n_out * k_total) };
+            if symmetric {
+                set(out_pos, centre, out_row);
+            }
+            let o_last = i64::from(oc[dims]);
+            for lead in 0..lead_limit {
+                let Some(line) = lines[lead] else { continue };
+                let end = line.end as usize;
+                let mut pos = starts[lead];
+                let bound = rel[dims - 1].lower_bound(o_last, k_last as i64);
+                while pos < end && i64::from(last[pos]) < bound {
+                    pos += 1;
+                }
+                // The next output's inputs all lie at or after this one's bound.
+                starts[lead] = pos;
+                if let Relation::Forward { dilation, .. } = rel[dims - 1] {
+                    // The inputs form the window [bound, bound + (K − 1)·d]: walk the sites
+                    // in it (usually zero to three) instead of every offset. A symmetric
+                    // table stops the centre line's window before the centre.
+                    let span = if symmetric && lead == centre_lead {
+                        centre_last
+                    } else {
+                        k_last
+                    };
+                    let top = bound + (span as i64 - 1) * dilation;
+                    while pos < end && i64::from(last[pos]) <= top {
+                        let delta = i64::from(last[pos]) - bound;
+                        if dilation == 1 || delta % dilation == 0 {
+                            let k = lead * k_last + (delta / dilation) as usize;
+                            let in_row = in_index.row_at(pos);
+                            set(out_pos, k, in_row);
+                            if symmetric {
+                                // Same index on both sides: `pos` is the input's output position.
+                                set(pos, k_total - 1 - k, out_row);
+                            }
+                        }
+                        pos += 1;
+                    }
+                    continue;
+                }
+                for step in 0..k_last {
+                    let kx = if reverse_last {
+                        k_last - 1 - step
+                    } else {
+                        step
+                    };
+                    let Some(p) = rel[dims - 1].input(o_last, kx as i64, size_last) else {
+                        continue;
+                    };
+                    let p = p as i32;
+                    while pos < end && last[pos] < p {
+                        pos += 1;
+                    }
+                    if pos < end && last[pos] == p {
+                        set(out_pos, lead * k_last + kx, in_index.row_at(pos));
+                    }
+                }
+            }
+        }
+    });
     if out_index.is_sorted() {
         return sorted;
     }
@@ -499,7 +528,7 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     for (pos, &row) in out_index.sorted_rows().iter().enumerate() {
         position[row as usize] = pos as u32;
     }
-    let mut table = vec![-1i32; n_out * k_total];
+    let mut table = vec![-1i32; len];
     table
         .par_chunks_exact_mut(k_total)
         .zip(position.par_iter())
