@@ -18,6 +18,7 @@ pub mod reference;
 pub mod rulebook;
 pub mod rulebook_cache;
 pub mod sparse_conv;
+mod table_pool;
 pub mod tensor;
 
 pub use coord_index::{CoordIndex, KeyPacking};

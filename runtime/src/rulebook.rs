@@ -41,6 +41,12 @@ pub struct Rulebook {
     inverse: OnceLock<Arc<Rulebook>>,
 }
 
+impl Drop for Rulebook {
+    fn drop(&mut self) {
+        crate::table_pool::give(std::mem::take(&mut self.neighbors));
+    }
+}
+
 /// How an input position is found from an output position and a kernel position on one axis.
 #[derive(Debug, Clone, Copy)]
 enum Relation {
@@ -182,7 +188,8 @@ impl Rulebook {
                     ..self.geometry
                 };
                 let k = self.kernel_volume;
-                let mut neighbors = vec![-1i32; self.input.len() * k];
+                let mut neighbors = crate::table_pool::take(self.input.len() * k);
+                neighbors.resize(self.input.len() * k, -1);
                 for (o, row) in self.neighbors.chunks_exact(k.max(1)).enumerate() {
                     for (offset, &i) in row.iter().enumerate() {
                         if i >= 0 {
@@ -411,7 +418,7 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     let n_out = output.len();
     let len = n_out * k_total;
 
-    let mut sorted: Vec<i32> = Vec::with_capacity(len);
+    let mut sorted: Vec<i32> = crate::table_pool::take(len);
     sorted.spare_capacity_mut()[..len]
         .par_chunks_mut(CHUNK * k_total.max(1))
         .for_each(|chunk| {
