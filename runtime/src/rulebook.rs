@@ -310,18 +310,34 @@ fn output_sites(input: &CoordSet, geometry: &Geometry, out_shape: &[u32]) -> Res
                     let s = i64::from(geometry.stride[axis]);
                     let pad = i64::from(geometry.padding[axis]);
                     let d = i64::from(geometry.dilation[axis]);
-                    for k in 0..i64::from(geometry.kernel[axis]) {
-                        let o = if geometry.kind == ConvKind::Transposed {
-                            p * s - pad + k * d
-                        } else {
-                            let num = p + pad - k * d;
-                            if num < 0 || num % s != 0 {
-                                continue;
+                    let kernel = i64::from(geometry.kernel[axis]);
+                    if geometry.kind == ConvKind::Transposed {
+                        for k in 0..kernel {
+                            let o = p * s - pad + k * d;
+                            if (0..size).contains(&o) {
+                                list.push(o);
                             }
-                            num / s
-                        };
-                        if (0..size).contains(&o) {
-                            list.push(o);
+                        }
+                    } else if d == 1 {
+                        // p + pad − k ≡ 0 (mod s): k runs k0, k0 + s, .. and o falls by one
+                        // each step — one division instead of one per kernel position.
+                        let num = p + pad;
+                        let k0 = num.rem_euclid(s);
+                        let mut o = (num - k0).div_euclid(s);
+                        let mut k = k0;
+                        while k < kernel && o >= 0 {
+                            if o < size {
+                                list.push(o);
+                            }
+                            k += s;
+                            o -= 1;
+                        }
+                    } else {
+                        for k in 0..kernel {
+                            let num = p + pad - k * d;
+                            if num >= 0 && num % s == 0 && num / s < size {
+                                list.push(num / s);
+                            }
                         }
                     }
                 }
