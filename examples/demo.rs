@@ -69,17 +69,7 @@ fn layer(
     } else {
         builder.stride(stride).padding(padding)
     };
-    let spec = builder.build()?;
-    let scale = 1.0 / (spec.kernel_volume() as f32 * cin as f32).sqrt();
-    let weight = (0..spec.weight_len() as u32)
-        .map(|i| {
-            ((i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32
-                - 0.5)
-                * 2.0
-                * scale
-        })
-        .collect();
-    SparseConv::new(spec, weight, None)
+    SparseConv::seeded(builder.build()?, u64::from(seed))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

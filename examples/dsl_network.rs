@@ -69,17 +69,9 @@ fn runtime_layers() -> Result<Vec<LayerSpec>, SpecError> {
     ])
 }
 
-/// Deterministic weights in [-0.5, 0.5) for layer `seed` (a 64-bit LCG).
+/// Deterministic weights in [-0.5, 0.5) for layer `seed`.
 fn weights(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    sparsegen::runtime::init::uniform(seed, n, 0.5)
 }
 
 fn weights_of(spec: &LayerSpec, seed: u64) -> (Vec<f32>, Option<Vec<f32>>) {

@@ -63,19 +63,9 @@ fn runtime_specs() -> [LayerSpec; 5] {
     ]
 }
 
-/// Deterministic weights in [-0.5, 0.5) (a 64-bit LCG), so both networks get the same ones.
+/// Deterministic weights in [-0.5, 0.5), so both networks get the same ones.
 fn weights(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    sparsegen::runtime::init::uniform(seed, n, 0.5)
 }
 
 fn weights_of(spec: &LayerSpec, seed: u64) -> (Vec<f32>, Option<Vec<f32>>) {

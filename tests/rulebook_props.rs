@@ -104,17 +104,9 @@ fn case() -> impl Strategy<Value = Case> {
     })
 }
 
-/// A small deterministic generator (the data need not be random in proptest's sense).
+/// Deterministic values in [-1, 1) (the data need not be random in proptest's sense).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    sparsegen::runtime::init::uniform(seed, n, 1.0)
 }
 
 fn coords_of(cells: &[u32], shape: &[u32]) -> Vec<i32> {

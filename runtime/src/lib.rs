@@ -12,6 +12,7 @@ pub mod coord_index;
 pub mod dense;
 pub mod engine;
 pub mod error;
+pub mod init;
 pub mod io;
 pub mod radix_sort;
 pub mod reference;

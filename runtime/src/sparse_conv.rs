@@ -59,6 +59,18 @@ impl SparseConv {
         Self::new(spec, vec![0.0; spec.weight_len()], bias)
     }
 
+    /// A layer with seeded uniform weights in `±1/√(K·Cin/groups)` (PyTorch's default bound)
+    /// and, if the spec has one, a seeded bias in the same range: deterministic weights for
+    /// examples, tests and benchmarks.
+    pub fn seeded(spec: LayerSpec, seed: u64) -> Result<Self> {
+        let bound = 1.0 / ((spec.kernel_volume() * spec.in_per_group() as usize) as f32).sqrt();
+        let weight = crate::init::uniform(seed, spec.weight_len(), bound);
+        let bias = spec
+            .bias
+            .then(|| crate::init::uniform(seed ^ 0xB1A5, spec.out_channels as usize, bound));
+        Self::new(spec, weight, bias)
+    }
+
     /// The spec.
     pub fn spec(&self) -> &LayerSpec {
         &self.spec
