@@ -241,3 +241,65 @@ fn f64_accumulation_is_the_closest() {
         assert_eq!(g, w as f32, "f64 accumulation rounds the exact sum once");
     }
 }
+
+#[test]
+fn rulebooks_do_not_depend_on_the_thread_count() {
+    // ~30k sites in shuffled row order: many work chunks, mirror writes across chunks.
+    let shape = [40u32, 48, 48];
+    let cells_total = shape.iter().product::<u32>();
+    let keep = sparsegen::runtime::init::uniform(5, cells_total as usize, 1.0);
+    let mut cells: Vec<u32> = (0..cells_total)
+        .filter(|&c| keep[c as usize] > 0.4)
+        .collect();
+    let order = sparsegen::runtime::init::uniform(6, cells.len(), 1.0);
+    let mut keyed: Vec<(u32, u32)> = cells
+        .iter()
+        .zip(&order)
+        .map(|(&c, &o)| (o.to_bits(), c))
+        .collect();
+    keyed.sort_unstable();
+    cells = keyed.into_iter().map(|(_, c)| c).collect();
+    let coords = coords_of(&cells, &shape);
+    let specs = [
+        LayerSpec::builder(ConvKind::Submanifold, 3)
+            .channels(1, 1)
+            .kernel(5)
+            .build()
+            .unwrap(),
+        LayerSpec::builder(ConvKind::Strided, 3)
+            .channels(1, 1)
+            .stride(2)
+            .padding(1)
+            .build()
+            .unwrap(),
+        LayerSpec::builder(ConvKind::Transposed, 3)
+            .channels(1, 1)
+            .stride(2)
+            .build()
+            .unwrap(),
+    ];
+    let build = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let set = Arc::new(CoordSet::new(coords.clone(), &shape, 1).unwrap());
+            specs
+                .iter()
+                .map(|spec| {
+                    let rb = Rulebook::build(&set, &spec.geometry(), "t").unwrap();
+                    let inverse = rb.inverse().neighbors().to_vec();
+                    (
+                        rb.output().coords().to_vec(),
+                        rb.neighbors().to_vec(),
+                        inverse,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    assert!(cells.len() > 25_000, "{}", cells.len());
+    assert_eq!(build(1), build(2));
+    assert_eq!(build(2), build(4));
+}
