@@ -3,7 +3,7 @@
 //! Sparse tensors ([`SparseTensor`] on a shared, indexed [`CoordSet`]), the coordinate index
 //! ([`CoordIndex`]), rulebooks ([`Rulebook`], [`RulebookCache`]), layers ([`SparseConv`]),
 //! the engine that runs them ([`Engine`], [`ConvBackend`]), the reference executors
-//! ([`reference`], [`dense`]) that every backend is tested against, and input reading
+//! ([`reference`](mod@reference), [`dense`]) that every backend is tested against, and input reading
 //! ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
 #![deny(missing_docs)]
 
