@@ -1,0 +1,84 @@
+//! The CUDA backend: generated kernels compiled by NVRTC for the GPU that is present, cached
+//! in memory and on disk, launched through typed launchers.
+//!
+//! What this module owns: loading the driver and NVRTC ([`device`], [`nvrtc`]; both loaded
+//! with `dlopen`, so the same binary runs without CUDA and reports a typed [`CudaError`]),
+//! the kernel cache ([`kernel_cache`]), the host-side launch plan ([`plan`]), device buffers
+//! ([`pool`]), launches ([`launch`]), timing ([`timer`]), tile autotuning ([`autotune`]) and
+//! the [`CudaBackend`] that ties them into a [`ConvBackend`](crate::ConvBackend). What it
+//! must not do: write CUDA C (the codegen crate's `cuda` module does) or decide semantics (the
+//! rulebook and the reference executor do).
+//!
+//! ```
+//! use sparsegen_runtime::cuda::{CudaBackend, CudaError, CudaOptions};
+//! match CudaBackend::new(CudaOptions::default()) {
+//!     Ok(backend) => println!("running on {}", backend.device().name()),
+//!     Err(CudaError::NoDriver | CudaError::NoDevice { .. } | CudaError::NoNvrtc) => {
+//!         println!("no GPU here: use the CPU backend")
+//!     }
+//!     Err(other) => return Err(other.into()),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod autotune;
+pub mod backend;
+pub mod device;
+pub mod error;
+pub mod kernel_cache;
+pub mod launch;
+pub mod nvrtc;
+pub mod plan;
+pub mod pool;
+pub mod timer;
+
+use std::path::PathBuf;
+
+pub use backend::{ConvRun, CudaBackend};
+pub use device::{CudaDevice, driver_available};
+pub use error::CudaError;
+pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};
+pub use nvrtc::Nvrtc;
+pub use plan::TilePlan;
+
+/// The one environment variable the CUDA backend reads: when set to a folder, every generated
+/// kernel's CUDA C is written there as `<entry>.cu` before it is compiled.
+pub const DUMP_ENV: &str = "SPARSEGEN_DUMP_CUDA";
+
+/// Knobs of the CUDA backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub device: usize,
+    /// Compile for this architecture (`sm_80`, ...) instead of the device's own.
+    pub arch: Option<String>,
+    /// Where compiled kernels and tuning choices persist; `None` keeps them in memory only.
+    /// Default: `$XDG_CACHE_HOME/sparsegen/cuda`, else `$HOME/.cache/sparsegen/cuda`.
+    pub cache_dir: Option<PathBuf>,
+    /// Time the candidate tiles of each new (layer, size class) once and keep the fastest;
+    /// otherwise use the first candidate. Default: on.
+    pub autotune: bool,
+    /// Write generated CUDA C here (default: the folder in [`DUMP_ENV`], if set).
+    pub dump_dir: Option<PathBuf>,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            device: 0,
+            arch: None,
+            cache_dir: default_cache_dir(),
+            autotune: true,
+            dump_dir: std::env::var_os(DUMP_ENV).map(PathBuf::from),
+        }
+    }
+}
+
+/// The default kernel cache folder (see [`CudaOptions::cache_dir`]).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sparsegen").join("cuda"))
+}
