@@ -16,10 +16,10 @@
 
 use std::fmt::Write as _;
 
-use crate::spec::{Activation, DType, LayerSpec, SpecError};
+use crate::spec::{Activation, LayerSpec, SpecError};
 
 use super::params::{CONV_PARAMS, CParam};
-use super::syntax::{CWriter, FloatLit, dtype_prelude};
+use super::syntax::{CWriter, FloatLit, dtype_prelude, mma_prelude};
 use super::tile::{ConvTile, MMA_ROW_PAD, SmVersion, TileError};
 use super::weights::WeightLayout;
 
@@ -73,7 +73,7 @@ pub fn conv_kernel(
     header(&mut w, spec, tile);
     dtype_prelude(&mut w, spec.dtype);
     if let ConvTile::Mma { .. } = tile {
-        mma_helper(&mut w, spec.dtype);
+        mma_prelude(&mut w, spec.dtype);
     }
     w.line("");
     signature(&mut w, &entry, tile.threads());
@@ -127,22 +127,6 @@ fn header(w: &mut CWriter, spec: &LayerSpec, tile: &ConvTile) {
         tile.threads(),
         tile.shared_bytes()
     ));
-}
-
-fn mma_helper(w: &mut CWriter, dtype: DType) {
-    let ty = match dtype {
-        DType::Bf16 => "bf16",
-        DType::F16 | DType::F32 => "f16",
-    };
-    w.line("// d += a (16x16, row) * b (16x8, col): fp32 accumulators, PTX ISA fragment layout.");
-    w.open("__device__ __forceinline__ void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])");
-    w.line("asm volatile(");
-    w.line(format_args!(
-        "    \"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{%0, %1, %2, %3}}, {{%4, %5, %6, %7}}, {{%8, %9}}, {{%0, %1, %2, %3}};\""
-    ));
-    w.line("    : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])");
-    w.line("    : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b[0]), \"r\"(b[1]));");
-    w.close("");
 }
 
 fn signature(w: &mut CWriter, entry: &str, threads: u32) {
@@ -323,8 +307,8 @@ fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     // 16-byte vector loads need every row start and group base to be 8-element aligned.
     let vector = spec.in_channels % 8 == 0 && spec.in_per_group() % 8 == 0;
     w.line("struct alignas(16) sg_vec { unsigned v[4]; };");
-    w.line("__shared__ alignas(16) sg_t xs[BM * SK];");
-    w.line("__shared__ alignas(16) sg_t ws[BN * SK];");
+    w.line("alignas(16) __shared__ sg_t xs[BM * SK];");
+    w.line("alignas(16) __shared__ sg_t ws[BN * SK];");
     rows_and_offset_loop(w);
     w.line("const int warp = tid / 32;");
     w.line("const int lane = tid % 32;");

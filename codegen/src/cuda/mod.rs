@@ -25,7 +25,7 @@ mod weights;
 
 pub use conv::{ConvKernel, EmitError, conv_kernel};
 pub use params::{CONV_PARAMS, CParam, Elem, KernelParam, ParamType};
-pub use syntax::{CWriter, FloatLit, StorageType, dtype_prelude};
+pub use syntax::{CWriter, FloatLit, StorageType, dtype_prelude, mma_prelude};
 pub use tile::{ConvTile, MMA_ROW_PAD, SmVersion, TileError, conv_candidates};
 pub use weights::{WeightLayout, pack_weights};
 

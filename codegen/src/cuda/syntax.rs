@@ -136,6 +136,25 @@ pub fn dtype_prelude(w: &mut CWriter, dtype: DType) {
     }
 }
 
+/// The tensor-core helper `sg_mma(d, a, b)`: one `mma.sync.aligned.m16n8k16` with f16 or
+/// bf16 inputs (by `dtype`) and f32 accumulators, in inline PTX. Fragments follow the PTX
+/// ISA layout for `.row.col` (see the MMA kernel's comments).
+pub fn mma_prelude(w: &mut CWriter, dtype: DType) {
+    let ty = match dtype {
+        DType::Bf16 => "bf16",
+        DType::F16 | DType::F32 => "f16",
+    };
+    w.line("// d += a (16x16, row) * b (16x8, col): fp32 accumulators, PTX ISA fragment layout.");
+    w.open("__device__ __forceinline__ void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])");
+    w.line("asm volatile(");
+    w.line(format_args!(
+        "    \"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{%0, %1, %2, %3}}, {{%4, %5, %6, %7}}, {{%8, %9}}, {{%0, %1, %2, %3}};\""
+    ));
+    w.line("    : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])");
+    w.line("    : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b[0]), \"r\"(b[1]));");
+    w.close("");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -284,9 +284,10 @@ pub fn conv_candidates(spec: &LayerSpec, sm: SmVersion) -> Vec<ConvTile> {
     let thread_cols = block_cols.min(4);
     let threads_n = block_cols / thread_cols;
     let depth = cin_g.next_power_of_two().min(16);
-    for block_rows in [64, 128] {
-        // About 128 threads per block.
-        let thread_rows = (block_rows * threads_n / 128).max(1);
+    for (block_rows, threads) in [(64, 128), (128, 256)] {
+        // About `threads` threads per block, at most 32 accumulators each (register pressure
+        // and NVRTC time grow with the register block).
+        let thread_rows = (block_rows * threads_n / threads).max(1);
         out.push(ConvTile::Simt {
             block_rows,
             block_cols,

@@ -226,22 +226,8 @@ impl CudaBackend {
         let kernel = self.kernel(layer, tile)?;
         match spec.dtype {
             DType::F32 => self.run::<f32>(layer, rulebook, input, &kernel, |v| v, |v| v),
-            DType::F16 => self.run::<u16>(
-                layer,
-                rulebook,
-                input,
-                &kernel,
-                |v| f16::from_f32(v).to_bits(),
-                |b| f16::from_bits(b).to_f32(),
-            ),
-            DType::Bf16 => self.run::<u16>(
-                layer,
-                rulebook,
-                input,
-                &kernel,
-                |v| bf16::from_f32(v).to_bits(),
-                |b| bf16::from_bits(b).to_f32(),
-            ),
+            DType::F16 => self.run::<u16>(layer, rulebook, input, &kernel, f16_bits, f16_value),
+            DType::Bf16 => self.run::<u16>(layer, rulebook, input, &kernel, bf16_bits, bf16_value),
         }
     }
 
@@ -336,6 +322,26 @@ impl CudaBackend {
             None => Ok(self.conv_with_tile(layer, rulebook, input, &tile)?.output),
         }
     }
+}
+
+/// The f16 bit pattern of `v` (round to nearest even): what f16 kernels read.
+pub fn f16_bits(v: f32) -> u16 {
+    f16::from_f32(v).to_bits()
+}
+
+/// The value of an f16 bit pattern.
+pub fn f16_value(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// The bf16 bit pattern of `v` (round to nearest even): what bf16 kernels read.
+pub fn bf16_bits(v: f32) -> u16 {
+    bf16::from_f32(v).to_bits()
+}
+
+/// The value of a bf16 bit pattern.
+pub fn bf16_value(bits: u16) -> f32 {
+    bf16::from_bits(bits).to_f32()
 }
 
 impl ConvBackend for CudaBackend {

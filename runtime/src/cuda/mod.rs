@@ -34,7 +34,7 @@ pub mod timer;
 
 use std::path::PathBuf;
 
-pub use backend::{ConvRun, CudaBackend};
+pub use backend::{ConvRun, CudaBackend, bf16_bits, bf16_value, f16_bits, f16_value};
 pub use device::{CudaDevice, driver_available};
 pub use error::CudaError;
 pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};

@@ -1,0 +1,366 @@
+//! Runs the generated CUDA kernels on the CPU: the exact generated source, compiled by the
+//! host C++ compiler inside a small harness that plays the GPU (one OS thread per CUDA thread,
+//! `__syncthreads` as a barrier, `__shared__` as block-shared statics, blocks one after the
+//! other), with the host plan, packed weights and storage encoding the backend uses. Only the
+//! inline-PTX helpers are swapped: half conversions for plain C++, and `mma.sync` for a
+//! warp-collective emulation of its PTX ISA fragment layout.
+//!
+//! This checks the kernels' indexing, tiling, offset skipping, shared-memory staging,
+//! synchronisation pattern and epilogue against the reference executor without a GPU. It does
+//! not check the hardware's own semantics (that is `cuda_conv.rs`'s job on a GPU). Skips,
+//! saying why, where no `g++` is installed.
+
+mod cuda_common;
+
+use std::path::Path;
+use std::process::Command;
+
+use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
+use sparsegen::codegen::DType;
+use sparsegen::codegen::cuda::{
+    CWriter, ConvKernel, ConvTile, SmVersion, conv_candidates, conv_kernel, dtype_prelude,
+    mma_prelude, pack_weights,
+};
+use sparsegen_runtime::cuda::plan::conv_grid;
+use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
+use sparsegen_runtime::{Rulebook, SparseConv};
+
+const HARNESS_HEAD: &str = r#"
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+struct sg_dim3 { unsigned x, y, z; };
+static thread_local sg_dim3 threadIdx, blockIdx;
+static std::barrier<>* sg_bar;
+static inline void __syncthreads() { sg_bar->arrive_and_wait(); }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(n)
+#define __shared__ static
+static unsigned sg_frag_a[32][32][4];
+static unsigned sg_frag_b[32][32][2];
+"#;
+
+const F16_HOST: &str = r#"typedef unsigned short sg_t;
+static inline float sg_load(sg_t h) {
+    unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { float v = std::ldexp((float)m, -24); return sign ? -v : v; }
+    if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    return __uint_as_float(sign | ((e + 112) << 23) | (m << 13));
+}
+static inline sg_t sg_store(float v) {
+    unsigned x = __float_as_uint(v), sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return (sg_t)(sign | 0x7e00u);
+    if (x >= 0x477ff000u) return (sg_t)(sign | 0x7c00u);
+    if (x < 0x38800000u) return (sg_t)(sign | (unsigned)std::nearbyint(__uint_as_float(x) * 16777216.0f));
+    unsigned m = x & 0x7fffffu, h = (((x >> 23) - 112) << 10) | (m >> 13), rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h += 1;
+    return (sg_t)(sign | h);
+}
+"#;
+
+const MMA_HOST: &str = r#"// Host emulation of mma.sync.m16n8k16.row.col: every thread of the block calls it in
+// lockstep, so fragments are exchanged through statics between two block barriers.
+static void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < 4; ++i) sg_frag_a[warp][lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) sg_frag_b[warp][lane][i] = b[i];
+    __syncthreads();
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        auto lo = [](unsigned v) { return sg_load((sg_t)(v & 0xffffu)); };
+        auto hi = [](unsigned v) { return sg_load((sg_t)(v >> 16)); };
+        const unsigned* fa = sg_frag_a[warp][l];
+        const unsigned* fb = sg_frag_b[warp][l];
+        A[g][2 * q] = lo(fa[0]); A[g][2 * q + 1] = hi(fa[0]);
+        A[g + 8][2 * q] = lo(fa[1]); A[g + 8][2 * q + 1] = hi(fa[1]);
+        A[g][2 * q + 8] = lo(fa[2]); A[g][2 * q + 9] = hi(fa[2]);
+        A[g + 8][2 * q + 8] = lo(fa[3]); A[g + 8][2 * q + 9] = hi(fa[3]);
+        B[2 * q][g] = lo(fb[0]); B[2 * q + 1][g] = hi(fb[0]);
+        B[2 * q + 8][g] = lo(fb[1]); B[2 * q + 9][g] = hi(fb[1]);
+    }
+    const int g = lane >> 2, q = lane & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2), col = 2 * q + e % 2;
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+        d[e] += s;
+    }
+    __syncthreads();
+}
+"#;
+
+fn harness_main(entry: &str) -> String {
+    format!(
+        r#"
+template <class T> static std::vector<T> sg_read(const std::string& path) {{
+    std::vector<T> v;
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
+    std::fseek(f, 0, SEEK_END);
+    long n = std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    v.resize(n / sizeof(T));
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
+    std::fclose(f);
+    return v;
+}}
+int main(int argc, char** argv) {{
+    if (argc != 8) return 4;
+    const std::string dir = argv[1];
+    const int n_out = std::atoi(argv[2]);
+    const unsigned gx = std::atoi(argv[3]), gy = std::atoi(argv[4]), gz = std::atoi(argv[5]);
+    const unsigned threads = std::atoi(argv[6]);
+    const size_t y_len = std::atoll(argv[7]);
+    auto x = sg_read<sg_t>(dir + "/x.bin");
+    auto w = sg_read<sg_t>(dir + "/w.bin");
+    auto bias = sg_read<float>(dir + "/bias.bin");
+    auto nbr = sg_read<int>(dir + "/nbr.bin");
+    auto order = sg_read<int>(dir + "/order.bin");
+    auto starts = sg_read<int>(dir + "/starts.bin");
+    auto offsets = sg_read<int>(dir + "/offsets.bin");
+    std::vector<sg_t> y(y_len);
+    std::memset(y.data(), 0xff, y_len * sizeof(sg_t));  // NaN: unwritten outputs show
+    std::barrier<> bar(threads);
+    sg_bar = &bar;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) {{
+        pool.emplace_back([&, t] {{
+            threadIdx = {{t, 0, 0}};
+            for (unsigned bz = 0; bz < gz; ++bz)
+                for (unsigned by = 0; by < gy; ++by)
+                    for (unsigned bx = 0; bx < gx; ++bx) {{
+                        blockIdx = {{bx, by, bz}};
+                        {entry}(x.data(), w.data(), bias.data(), nbr.data(), order.data(),
+                                starts.data(), offsets.data(), y.data(), n_out);
+                        bar.arrive_and_wait();
+                    }}
+        }});
+    }}
+    for (auto& th : pool) th.join();
+    FILE* f = std::fopen((dir + "/y.bin").c_str(), "wb");
+    if (!f || std::fwrite(y.data(), sizeof(sg_t), y_len, f) != y_len) return 5;
+    std::fclose(f);
+    return 0;
+}}
+"#
+    )
+}
+
+/// The generated source with its inline-PTX helpers swapped for host versions.
+fn host_source(kernel: &ConvKernel) -> String {
+    let dtype = kernel.spec.dtype;
+    let mut source = kernel.source.clone();
+    if dtype == DType::F16 {
+        let mut w = CWriter::new();
+        dtype_prelude(&mut w, dtype);
+        let device = w.finish();
+        assert!(source.contains(&device));
+        source = source.replace(&device, F16_HOST);
+    }
+    if matches!(kernel.tile, ConvTile::Mma { .. }) {
+        let mut w = CWriter::new();
+        mma_prelude(&mut w, dtype);
+        let device = w.finish();
+        assert!(source.contains(&device));
+        source = source.replace(&device, MMA_HOST);
+    }
+    format!("{HARNESS_HEAD}{source}{}", harness_main(&kernel.entry))
+}
+
+fn write<T: Copy>(path: &Path, values: &[T]) {
+    // SAFETY: T is a plain number type (f32, i32, u16); its bytes are its value.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    };
+    std::fs::write(path, bytes).expect("write test data");
+}
+
+fn encode(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| f16_bits(v).to_le_bytes())
+            .collect(),
+        DType::Bf16 => values
+            .iter()
+            .flat_map(|&v| bf16_bits(v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16_value(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        DType::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16_value(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+    }
+}
+
+/// Runs `kernel` in the harness; returns the `[N_out, Cout]` output.
+fn emulate(
+    kernel: &ConvKernel,
+    layer: &SparseConv,
+    rulebook: &Rulebook,
+    input: &[f32],
+    dir: &Path,
+) -> Vec<f32> {
+    let spec = layer.spec();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let plan = TilePlan::build(rulebook, kernel.tile.block_rows() as usize, layer.name()).unwrap();
+    let grid = conv_grid(
+        plan.tiles(),
+        spec.out_per_group(),
+        kernel.tile.block_cols(),
+        spec.groups,
+        layer.name(),
+    )
+    .unwrap();
+    let packed = pack_weights(spec, kernel.weight_layout, layer.weight()).unwrap();
+    std::fs::write(dir.join("x.bin"), encode(spec.dtype, input)).unwrap();
+    std::fs::write(dir.join("w.bin"), encode(spec.dtype, &packed)).unwrap();
+    write(&dir.join("bias.bin"), layer.bias().unwrap_or(&[0.0]));
+    write(&dir.join("nbr.bin"), rulebook.neighbors());
+    write(&dir.join("order.bin"), &plan.order);
+    write(&dir.join("starts.bin"), &plan.tile_offset_start);
+    write(&dir.join("offsets.bin"), &plan.tile_offsets);
+    let cpp = dir.join("kernel.cpp");
+    std::fs::write(&cpp, host_source(kernel)).unwrap();
+    let exe = dir.join("kernel");
+    let built = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .expect("run g++");
+    assert!(
+        built.status.success(),
+        "{}: g++ failed:\n{}",
+        kernel.entry,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let y_len = rulebook.n_out() * spec.out_channels as usize;
+    let ran = Command::new(&exe)
+        .arg(dir)
+        .args(
+            [
+                rulebook.n_out(),
+                grid.0 as usize,
+                grid.1 as usize,
+                grid.2 as usize,
+                kernel.threads as usize,
+                y_len,
+            ]
+            .map(|v| v.to_string()),
+        )
+        .output()
+        .expect("run the harness");
+    assert!(
+        ran.status.success(),
+        "{}: harness failed: {:?}",
+        kernel.entry,
+        ran.status
+    );
+    decode(spec.dtype, &std::fs::read(dir.join("y.bin")).unwrap())
+}
+
+fn gxx_or_skip(test: &str) -> bool {
+    let ok = Command::new("g++")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping {test}: no g++ to build the emulation harness");
+    }
+    ok
+}
+
+fn check_dtype(dtype: DType, all_tiles: bool) {
+    let root = std::env::temp_dir().join(format!(
+        "sparsegen-emu-{}-{}",
+        dtype.name(),
+        std::process::id()
+    ));
+    let sm = SmVersion(90);
+    let mut checked = 0;
+    for (i, case) in cases(dtype).iter().enumerate() {
+        let layer = layer(case, 7 + i as u64);
+        let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
+        let want = reference_output(&layer, &rulebook, &input);
+        let mut tiles = conv_candidates(&case.spec, sm);
+        if !all_tiles {
+            // The default tile, and the first SIMT tile where the default is MMA.
+            let simt = tiles
+                .iter()
+                .copied()
+                .find(|t| matches!(t, ConvTile::Simt { .. }));
+            tiles.truncate(1);
+            tiles.extend(simt.filter(|s| *s != tiles[0]));
+        }
+        for tile in tiles {
+            let kernel = conv_kernel(&case.spec, &tile, sm).unwrap();
+            let got = emulate(
+                &kernel,
+                &layer,
+                &rulebook,
+                &input,
+                &root.join(&kernel.entry),
+            );
+            let err = relative_error(&got, &want);
+            eprintln!("{:>10.3e}  {}", err, kernel.entry);
+            assert!(
+                err <= tolerance(dtype),
+                "{}: relative error {err}",
+                kernel.entry
+            );
+            checked += 1;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(checked >= cases(dtype).len());
+}
+
+#[test]
+fn cuda_simt_f32_kernels_match_reference_in_cpu_emulation() {
+    if gxx_or_skip("cuda_simt_f32_kernels_match_reference_in_cpu_emulation") {
+        check_dtype(DType::F32, true);
+    }
+}
+
+#[test]
+fn cuda_f16_kernels_match_reference_in_cpu_emulation() {
+    if gxx_or_skip("cuda_f16_kernels_match_reference_in_cpu_emulation") {
+        check_dtype(DType::F16, false);
+    }
+}
+
+#[test]
+fn cuda_bf16_kernels_match_reference_in_cpu_emulation() {
+    if gxx_or_skip("cuda_bf16_kernels_match_reference_in_cpu_emulation") {
+        check_dtype(DType::Bf16, false);
+    }
+}
