@@ -15,6 +15,7 @@ mod cuda_common;
 use std::path::Path;
 use std::process::Command;
 
+use cuda_common::conformance::{conformance_layer, conformance_root};
 use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
 use sparsegen::codegen::DType;
 use sparsegen::codegen::cuda::{
@@ -23,7 +24,7 @@ use sparsegen::codegen::cuda::{
 };
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
-use sparsegen_runtime::{Rulebook, SparseConv};
+use sparsegen_runtime::{ConvBackend, Rulebook, SparseConv};
 
 const HARNESS_HEAD: &str = r#"
 #include <barrier>
@@ -363,4 +364,62 @@ fn cuda_bf16_kernels_match_reference_in_cpu_emulation() {
     if gxx_or_skip("cuda_bf16_kernels_match_reference_in_cpu_emulation") {
         check_dtype(DType::Bf16, false);
     }
+}
+
+/// The emulated kernels as a backend: the default tile of each layer on sm_90.
+#[derive(Debug)]
+struct Emulated {
+    root: std::path::PathBuf,
+}
+
+impl ConvBackend for Emulated {
+    fn name(&self) -> &'static str {
+        "cuda-emulated"
+    }
+
+    fn conv(
+        &self,
+        layer: &SparseConv,
+        rulebook: &Rulebook,
+        input: &[f32],
+    ) -> sparsegen_runtime::Result<Vec<f32>> {
+        let sm = SmVersion(90);
+        let tile = conv_candidates(layer.spec(), sm)[0];
+        let kernel = conv_kernel(layer.spec(), &tile, sm).unwrap();
+        Ok(emulate(
+            &kernel,
+            layer,
+            rulebook,
+            input,
+            &self.root.join(&kernel.entry),
+        ))
+    }
+}
+
+#[test]
+fn cuda_kernels_match_spconv_dumps_in_cpu_emulation() {
+    let test = "cuda_kernels_match_spconv_dumps_in_cpu_emulation";
+    let Some(root) = conformance_root() else {
+        eprintln!("skipping {test}: no conformance dumps");
+        return;
+    };
+    if !gxx_or_skip(test) {
+        return;
+    }
+    let backend = Emulated {
+        root: std::env::temp_dir().join(format!("sparsegen-emu-conf-{}", std::process::id())),
+    };
+    for name in [
+        "subm3_c16",
+        "subm5_c32",
+        "spconv3_s2_c32_64",
+        "invconv3_c64_32",
+    ] {
+        for dtype in [DType::F32, DType::F16] {
+            let err = conformance_layer(&backend, &root.join("lidar_4000"), name, dtype);
+            eprintln!("{err:>10.3e}  lidar_4000 {name} {}", dtype.name());
+            assert!(err <= tolerance(dtype), "{name} {}: {err}", dtype.name());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&backend.root);
 }

@@ -3,6 +3,8 @@
 //! reference executor (fp32: 1e-5 of max |ref|; f16/bf16: 1e-2).
 #![allow(dead_code)]
 
+pub mod conformance;
+
 use std::sync::Arc;
 
 use sparsegen::codegen::{Activation, ConvKind, DType, LayerSpec};

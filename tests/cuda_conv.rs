@@ -1,0 +1,239 @@
+//! GPU tests of the CUDA backend: every kind, dtype and candidate tile against the reference
+//! executor and spconv's conformance dumps, bitwise determinism, the warm kernel cache, the
+//! tuning table, and typed errors. Without a GPU each test prints why it skips; with
+//! `SPARSEGEN_REQUIRE_GPU=1` a missing GPU fails instead. (Every name contains `cuda`: the
+//! GPU runner filters on it.)
+
+mod cuda_common;
+
+use std::path::PathBuf;
+
+use cuda_common::conformance::{conformance_layer, conformance_root};
+use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
+use sparsegen::codegen::DType;
+use sparsegen::codegen::cuda::conv_candidates;
+use sparsegen_runtime::ConvBackend;
+use sparsegen_runtime::cuda::{CudaBackend, CudaError, CudaOptions};
+
+fn require_gpu() -> bool {
+    std::env::var("SPARSEGEN_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sparsegen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn backend_with(test: &str, options: CudaOptions) -> Option<CudaBackend> {
+    match CudaBackend::new(options) {
+        Ok(backend) => Some(backend),
+        Err(e) if require_gpu() => panic!("{test}: SPARSEGEN_REQUIRE_GPU=1 but: {e}"),
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+fn backend(test: &str) -> Option<CudaBackend> {
+    backend_with(
+        test,
+        CudaOptions {
+            cache_dir: Some(temp_dir(test)),
+            autotune: false,
+            ..CudaOptions::default()
+        },
+    )
+}
+
+fn check_cases(test: &str, dtype: DType) {
+    let Some(cuda) = backend(test) else { return };
+    eprintln!("{test}: {} ({})", cuda.device().name(), cuda.target());
+    for (i, case) in cases(dtype).iter().enumerate() {
+        let layer = layer(case, 7 + i as u64);
+        let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
+        let want = reference_output(&layer, &rulebook, &input);
+        for tile in conv_candidates(layer.spec(), cuda.target()) {
+            let first = cuda
+                .conv_with_tile(&layer, &rulebook, &input, &tile)
+                .unwrap();
+            let again = cuda
+                .conv_with_tile(&layer, &rulebook, &input, &tile)
+                .unwrap();
+            let err = relative_error(&first.output, &want);
+            eprintln!(
+                "{err:>10.3e}  {:>8.3} ms  {} {tile}",
+                first.kernel_ms,
+                layer.name()
+            );
+            assert!(
+                err <= tolerance(dtype),
+                "{} {tile}: relative error {err}",
+                layer.name()
+            );
+            let same = first
+                .output
+                .iter()
+                .zip(&again.output)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} {tile}: two runs differ in bits", layer.name());
+        }
+    }
+}
+
+#[test]
+fn cuda_f32_matches_reference_and_is_deterministic() {
+    check_cases("cuda_f32_matches_reference", DType::F32);
+}
+
+#[test]
+fn cuda_f16_matches_reference_and_is_deterministic() {
+    check_cases("cuda_f16_matches_reference", DType::F16);
+}
+
+#[test]
+fn cuda_bf16_matches_reference_and_is_deterministic() {
+    check_cases("cuda_bf16_matches_reference", DType::Bf16);
+}
+
+#[test]
+fn cuda_backend_without_gpu_is_a_typed_error() {
+    match CudaBackend::new(CudaOptions {
+        cache_dir: None,
+        ..CudaOptions::default()
+    }) {
+        Ok(cuda) => eprintln!("a GPU is present: {}", cuda.device().name()),
+        Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. } | CudaError::NoNvrtc)) => {
+            assert!(!require_gpu(), "SPARSEGEN_REQUIRE_GPU=1 but: {e}");
+            let runtime_error = sparsegen_runtime::Error::from(e);
+            eprintln!("typed error without a GPU: {runtime_error}");
+            assert!(runtime_error.to_string().starts_with("cuda backend: "));
+        }
+        Err(other) => panic!("expected a 'not available' error, got: {other}"),
+    }
+}
+
+#[test]
+fn cuda_bad_arch_override_is_a_typed_error() {
+    let result = CudaBackend::new(CudaOptions {
+        arch: Some("hopper".into()),
+        cache_dir: None,
+        ..CudaOptions::default()
+    });
+    match result {
+        Err(CudaError::BadArch(arch)) => assert_eq!(arch, "hopper"),
+        Err(CudaError::NoDriver | CudaError::NoDevice { .. } | CudaError::NoNvrtc) => {
+            assert!(!require_gpu());
+            eprintln!("skipping cuda_bad_arch_override_is_a_typed_error: no GPU");
+        }
+        other => panic!("expected BadArch, got {other:?}"),
+    }
+}
+
+#[test]
+fn cuda_warm_start_compiles_nothing_and_tuning_persists() {
+    let dir = temp_dir("cuda-warm");
+    let options = CudaOptions {
+        cache_dir: Some(dir.clone()),
+        autotune: true,
+        ..CudaOptions::default()
+    };
+    let Some(cold) = backend_with("cuda_warm_start_compiles_nothing", options.clone()) else {
+        return;
+    };
+    let case = &cases(DType::F16)[0];
+    let layer = layer(case, 1);
+    let (rulebook, input) = rulebook_and_input(case, 2);
+    let a = cold.conv(&layer, &rulebook, &input).unwrap();
+    assert!(
+        cold.kernel_cache().stats().compiled >= 2,
+        "the autotuner compiles every candidate"
+    );
+    let table = std::fs::read_to_string(dir.join("autotune-v1.tsv")).unwrap();
+    assert!(table.contains(&layer.spec().kernel_name()), "{table}");
+    drop(cold);
+    let warm = backend_with("cuda_warm_start_compiles_nothing", options).unwrap();
+    let b = warm.conv(&layer, &rulebook, &input).unwrap();
+    assert_eq!(warm.kernel_cache().stats().compiled, 0);
+    assert_eq!(
+        warm.kernel_cache().stats().disk_hits,
+        1,
+        "only the chosen tile is loaded"
+    );
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cuda_wrong_input_size_is_a_typed_error() {
+    let Some(cuda) = backend("cuda_wrong_input_size") else {
+        return;
+    };
+    let case = &cases(DType::F32)[0];
+    let layer = layer(case, 1);
+    let (rulebook, input) = rulebook_and_input(case, 2);
+    let err = cuda.conv(&layer, &rulebook, &input[1..]).unwrap_err();
+    assert!(err.to_string().contains("the input has"), "{err}");
+}
+
+#[test]
+fn cuda_matches_spconv_conformance_dumps() {
+    let Some(root) = conformance_root() else {
+        assert!(
+            !require_gpu(),
+            "SPARSEGEN_REQUIRE_GPU=1 but no conformance dumps (set SPARSEGEN_CONFORMANCE)"
+        );
+        eprintln!("skipping cuda_matches_spconv_conformance_dumps: no conformance dumps");
+        return;
+    };
+    let Some(cuda) = backend("cuda_conformance") else {
+        return;
+    };
+    let layers = [
+        "subm3_c16",
+        "subm3_c32",
+        "subm3_c64",
+        "subm3_c128",
+        "subm5_c32",
+        "spconv3_s2_c32_64",
+        "invconv3_c64_32",
+    ];
+    for workload in ["lidar_4000", "room_4000"] {
+        for name in layers {
+            for dtype in [DType::F32, DType::F16, DType::Bf16] {
+                let err = conformance_layer(&cuda, &root.join(workload), name, dtype);
+                eprintln!("{err:>10.3e}  {workload} {name} {}", dtype.name());
+                assert!(
+                    err <= tolerance(dtype),
+                    "{workload} {name} {}: {err}",
+                    dtype.name()
+                );
+            }
+        }
+    }
+}
+
+/// The conformance harness itself (row matching by coordinate, layer specs from the dumps'
+/// metadata, the inverse layer's partner), checked on the CPU with the reference backend so a
+/// GPU failure of `cuda_matches_spconv_conformance_dumps` is the kernels', not the harness's.
+#[test]
+fn conformance_harness_agrees_with_reference_backend() {
+    let Some(root) = conformance_root() else {
+        eprintln!(
+            "skipping conformance_harness_agrees_with_reference_backend: no conformance dumps"
+        );
+        return;
+    };
+    let reference = sparsegen_runtime::ReferenceBackend::default();
+    for name in [
+        "subm3_c16",
+        "subm5_c32",
+        "spconv3_s2_c32_64",
+        "invconv3_c64_32",
+    ] {
+        let err = conformance_layer(&reference, &root.join("lidar_4000"), name, DType::F32);
+        eprintln!("{err:>10.3e}  lidar_4000 {name} (reference backend)");
+        assert!(err <= 1e-5, "{name}: {err}");
+    }
+}
