@@ -169,3 +169,127 @@ pub fn conv_grid(
     }
     Ok((x.max(1) as u32, y as u32, z as u32))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sparsegen_codegen::{ConvKind, LayerSpec};
+
+    use super::*;
+    use crate::tensor::CoordSet;
+
+    fn rulebook(kind: ConvKind, kernel: u32) -> Rulebook {
+        // A deterministic scatter of sites in a 16³ grid.
+        let mut coords = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut s = 12345u64;
+        while seen.len() < 700 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let c = [
+                0,
+                (s >> 20) as i32 & 15,
+                (s >> 30) as i32 & 15,
+                (s >> 40) as i32 & 15,
+            ];
+            if seen.insert(c) {
+                coords.extend(c);
+            }
+        }
+        let set = Arc::new(CoordSet::new(coords, &[16, 16, 16], 1).unwrap());
+        let b = LayerSpec::builder(kind, 3).channels(1, 1).kernel(kernel);
+        let b = if kind == ConvKind::Strided {
+            b.stride(2)
+        } else {
+            b
+        };
+        Rulebook::build(&set, &b.build().unwrap().geometry(), "t").unwrap()
+    }
+
+    #[test]
+    fn every_pair_is_in_its_tile_and_every_row_once() {
+        for (kind, kernel) in [
+            (ConvKind::Submanifold, 3),
+            (ConvKind::Submanifold, 5),
+            (ConvKind::Strided, 3),
+        ] {
+            let rb = rulebook(kind, kernel);
+            for block_rows in [1, 64, 128, 5000] {
+                let plan = TilePlan::build(&rb, block_rows, "t").unwrap();
+                let mut rows: Vec<i32> = plan.order.clone();
+                rows.sort_unstable();
+                assert_eq!(rows, (0..rb.n_out() as i32).collect::<Vec<_>>());
+                assert_eq!(plan.tiles(), rb.n_out().div_ceil(block_rows));
+                for t in 0..plan.tiles() {
+                    let offsets = plan.offsets_of(t);
+                    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "ascending");
+                    let tile_rows =
+                        &plan.order[t * block_rows..((t + 1) * block_rows).min(rb.n_out())];
+                    for &o in tile_rows {
+                        for (k, &i) in rb.neighbors_of(o as usize).iter().enumerate() {
+                            if i >= 0 {
+                                assert!(
+                                    offsets.contains(&(k as i32)),
+                                    "row {o} offset {k} skipped"
+                                );
+                            }
+                        }
+                    }
+                    // No offset without a row needing it.
+                    for &k in offsets {
+                        assert!(
+                            tile_rows
+                                .iter()
+                                .any(|&o| rb.neighbors_of(o as usize)[k as usize] >= 0)
+                        );
+                    }
+                }
+                let eff = plan.efficiency(&rb);
+                assert!(eff > 0.0 && eff <= 1.0);
+                if block_rows == 1 {
+                    assert_eq!(eff, 1.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sorting_by_mask_saves_work() {
+        let rb = rulebook(ConvKind::Submanifold, 3);
+        let sorted = TilePlan::build(&rb, 64, "t").unwrap();
+        // The same tiles over rows in their natural order.
+        let mut natural = sorted.clone();
+        natural.order = (0..rb.n_out() as i32).collect();
+        let mut starts = vec![0];
+        let mut offsets = Vec::new();
+        for rows in natural.order.chunks(64) {
+            for k in 0..rb.kernel_volume() {
+                if rows.iter().any(|&o| rb.neighbors_of(o as usize)[k] >= 0) {
+                    offsets.push(k as i32);
+                }
+            }
+            starts.push(offsets.len() as i32);
+        }
+        natural.tile_offset_start = starts;
+        natural.tile_offsets = offsets;
+        assert!(sorted.efficiency(&rb) > natural.efficiency(&rb));
+    }
+
+    #[test]
+    fn grids_beyond_launch_limits_are_typed_errors() {
+        assert_eq!(conv_grid(10, 64, 32, 2, "t").unwrap(), (10, 2, 2));
+        assert!(matches!(
+            conv_grid(10, 64, 32, 70_000, "t"),
+            Err(CudaError::TooLarge {
+                what: "the number of groups",
+                ..
+            })
+        ));
+        assert!(matches!(
+            conv_grid(1 << 31, 64, 32, 1, "t"),
+            Err(CudaError::TooLarge { .. })
+        ));
+    }
+}
