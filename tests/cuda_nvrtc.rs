@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use sparsegen::codegen::cuda::{
-    CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, representative_layers,
+    CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, representative_geometries,
+    representative_layers, rulebook_kernels,
 };
 use sparsegen_runtime::cuda::{CacheOrigin, CudaError, KernelCache, Nvrtc};
 
@@ -151,4 +152,31 @@ fn nvrtc_warm_disk_cache_compiles_nothing() {
         .unwrap();
     assert_eq!(origin, CacheOrigin::Compiled);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nvrtc_compiles_every_rulebook_kernel() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_compiles_every_rulebook_kernel") else {
+        return;
+    };
+    for geometry in representative_geometries() {
+        let kernels = rulebook_kernels(&geometry);
+        for sm in CHECKED_ARCHS {
+            let ptx = nvrtc
+                .compile(&kernels.source, &kernels.prefix, sm)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut names = vec!["insert", "neighbors"];
+            if kernels.makes_outputs() {
+                names.extend(["expand", "insert_keys", "compact", "bitonic_step", "unpack"]);
+            }
+            for name in names {
+                assert!(
+                    ptx.ptx.contains(&kernels.entry(name)),
+                    "{} lacks {name}",
+                    kernels.prefix
+                );
+            }
+            eprintln!("{:>8.1?}  {sm}  {}", ptx.elapsed, kernels.prefix);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! kernel specialised for exactly that layer — any channel pair, any kernel, any group count.
 //!
 //! What lives here and what does not:
-//! - here: the emitters ([`conv_kernel`]), the tile rules and candidate list
+//! - here: the emitters ([`conv_kernel`], [`rulebook_kernels`]), the tile rules and candidate list
 //!   ([`conv_candidates`]), the kernel parameter contract ([`CONV_PARAMS`]) and the weight
 //!   layouts the kernels read ([`pack_weights`]). All pure functions; the same arguments give
 //!   byte-identical source (snapshot-tested under `snapshots/`).
@@ -19,12 +19,14 @@
 
 mod conv;
 mod params;
+mod rulebook;
 mod syntax;
 mod tile;
 mod weights;
 
 pub use conv::{ConvKernel, EmitError, conv_kernel};
 pub use params::{CONV_PARAMS, CParam, Elem, KernelParam, ParamType};
+pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
 pub use syntax::{CWriter, FloatLit, StorageType, dtype_prelude, mma_prelude};
 pub use tile::{ConvTile, MMA_ROW_PAD, SmVersion, TileError, conv_candidates};
 pub use weights::{WeightLayout, pack_weights};
@@ -96,6 +98,19 @@ pub fn representative_layers() -> Vec<LayerSpec> {
                 .activation(Activation::Relu)
                 .dtype(dtype),
         ));
+    }
+    out
+}
+
+/// The geometries of [`representative_layers`], deduplicated: what the rulebook kernels are
+/// snapshot- and NVRTC-tested over.
+pub fn representative_geometries() -> Vec<crate::Geometry> {
+    let mut out: Vec<crate::Geometry> = Vec::new();
+    for spec in representative_layers() {
+        let g = spec.geometry();
+        if !out.contains(&g) {
+            out.push(g);
+        }
     }
     out
 }
