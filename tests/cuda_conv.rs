@@ -237,3 +237,49 @@ fn conformance_harness_agrees_with_reference_backend() {
         assert!(err <= 1e-5, "{name}: {err}");
     }
 }
+
+/// Offset masks of a host table (what the device builder writes), `ceil(K/32)` words a row.
+fn host_masks(rulebook: &sparsegen_runtime::Rulebook) -> Vec<u32> {
+    let k = rulebook.kernel_volume();
+    let words = k.div_ceil(32);
+    let mut masks = vec![0u32; rulebook.n_out() * words];
+    for o in 0..rulebook.n_out() {
+        for (offset, &i) in rulebook.neighbors_of(o).iter().enumerate() {
+            if i >= 0 {
+                masks[o * words + offset / 32] |= 1 << (offset % 32);
+            }
+        }
+    }
+    masks
+}
+
+#[test]
+fn cuda_device_rulebook_matches_host_rulebook() {
+    let Some(cuda) = backend("cuda_device_rulebook") else {
+        return;
+    };
+    for (i, case) in cases(DType::F32).iter().enumerate() {
+        let (rulebook, _) = rulebook_and_input(case, 11 + i as u64);
+        let geometry = case.spec.geometry();
+        let output = (case.spec.kind == sparsegen::codegen::ConvKind::Inverse)
+            .then(|| rulebook.output().as_ref());
+        let device = cuda
+            .build_rulebook(rulebook.input(), &geometry, output)
+            .unwrap();
+        let (coords, nbr, masks) = device.to_host(cuda.device().stream()).unwrap();
+        assert_eq!(
+            coords,
+            rulebook.output().coords(),
+            "{}: output sites",
+            case.spec
+        );
+        assert_eq!(nbr, rulebook.neighbors(), "{}: neighbour table", case.spec);
+        assert_eq!(masks, host_masks(&rulebook), "{}: masks", case.spec);
+        eprintln!(
+            "{}: {} outputs, {} pairs",
+            case.spec,
+            rulebook.n_out(),
+            rulebook.n_pairs()
+        );
+    }
+}

@@ -19,8 +19,8 @@ use cuda_common::conformance::{conformance_layer, conformance_root};
 use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
 use sparsegen::codegen::DType;
 use sparsegen::codegen::cuda::{
-    CWriter, ConvKernel, ConvTile, SmVersion, conv_candidates, conv_kernel, dtype_prelude,
-    mma_prelude, pack_weights,
+    CWriter, ConvKernel, ConvTile, RulebookKernels, SmVersion, conv_candidates, conv_kernel,
+    dtype_prelude, mma_prelude, pack_weights, rulebook_kernels,
 };
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
@@ -422,4 +422,217 @@ fn cuda_kernels_match_spconv_dumps_in_cpu_emulation() {
         }
     }
     let _ = std::fs::remove_dir_all(&backend.root);
+}
+
+const RULEBOOK_HEAD: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+struct sg_dim3 { unsigned x, y, z; };
+static sg_dim3 threadIdx, blockIdx, blockDim;
+static inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long val) {
+    __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return cmp;
+}
+static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(n)
+"#;
+
+fn rulebook_main(kernels: &RulebookKernels) -> String {
+    let p = &kernels.prefix;
+    let outputs = if kernels.makes_outputs() {
+        format!(
+            r#"
+    std::vector<sg_key> cand((size_t)n_in * SG_K);
+    sg_launch((long long)n_in * SG_K, [&] {{ {p}_expand(in.data(), n_in, cand.data(), o[0], o[1], o[2], o[3]); }});
+    size_t set_cap = 1;
+    while (set_cap < 2 * cand.size()) set_cap <<= 1;
+    std::vector<sg_key> set(set_cap, SG_EMPTY), unique(set_cap, SG_EMPTY);
+    sg_launch(cand.size(), [&] {{ {p}_insert_keys(cand.data(), (long long)cand.size(), set.data(), set_cap - 1); }});
+    int count = 0;
+    sg_launch(set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), &count); }});
+    long long n_sort = 1;
+    while (n_sort < count) n_sort <<= 1;
+    for (long long k = 2; k <= n_sort; k <<= 1)
+        for (long long j = k >> 1; j > 0; j >>= 1)
+            sg_launch(n_sort, [&] {{ {p}_bitonic_step(unique.data(), n_sort, j, k); }});
+    out.resize((size_t)count * (SG_DIMS + 1));
+    sg_launch(count, [&] {{ {p}_unpack(unique.data(), count, out.data(), o[0], o[1], o[2], o[3]); }});
+"#
+        )
+    } else {
+        "    out = has_out_sites ? sg_read<int>(dir + \"/out_sites.bin\") : in;\n".to_string()
+    };
+    format!(
+        r#"
+template <class T> static std::vector<T> sg_read(const std::string& path) {{
+    std::vector<T> v;
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
+    std::fseek(f, 0, SEEK_END);
+    long n = std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    v.resize(n / sizeof(T));
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
+    std::fclose(f);
+    return v;
+}}
+template <class T> static void sg_write(const std::string& path, const std::vector<T>& v) {{
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f || std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) std::exit(5);
+    std::fclose(f);
+}}
+// Blocks and threads one after another: these kernels have no barriers.
+template <class F> static void sg_launch(long long threads, F f) {{
+    blockDim = {{256, 1, 1}};
+    long long blocks = (threads + 255) / 256;
+    if (blocks == 0) blocks = 1;
+    for (long long b = 0; b < blocks; ++b)
+        for (unsigned t = 0; t < 256; ++t) {{
+            blockIdx = {{(unsigned)b, 0, 0}};
+            threadIdx = {{t, 0, 0}};
+            f();
+        }}
+}}
+int main(int argc, char** argv) {{
+    if (argc != 12) return 4;
+    const std::string dir = argv[1];
+    const int n_in = std::atoi(argv[2]);
+    const int s[4] = {{std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6])}};
+    const int o[4] = {{std::atoi(argv[7]), std::atoi(argv[8]), std::atoi(argv[9]), std::atoi(argv[10])}};
+    const bool has_out_sites = std::atoi(argv[11]) != 0;
+    (void)o;
+    (void)has_out_sites;
+    std::vector<int> in = sg_read<int>(dir + "/in_coords.bin");
+    std::vector<int> out;
+{outputs}
+    const int n_out = (int)(out.size() / (SG_DIMS + 1));
+    size_t cap = 1;
+    while (cap < 2 * (size_t)(n_in > 0 ? n_in : 1)) cap <<= 1;
+    std::vector<sg_key> table(cap, SG_EMPTY);
+    std::vector<int> values(cap, 0);
+    sg_launch(n_in, [&] {{ {p}_insert(in.data(), n_in, table.data(), values.data(), cap - 1, s[0], s[1], s[2], s[3]); }});
+    std::vector<int> nbr((size_t)n_out * SG_K);
+    std::vector<unsigned> masks((size_t)n_out * SG_MASK_WORDS);
+    sg_launch(n_out, [&] {{ {p}_neighbors(out.data(), n_out, table.data(), values.data(), cap - 1, s[0], s[1], s[2], s[3], nbr.data(), masks.data()); }});
+    sg_write(dir + "/out_coords.bin", out);
+    sg_write(dir + "/nbr.bin", nbr);
+    sg_write(dir + "/masks.bin", masks);
+    return 0;
+}}
+"#
+    )
+}
+
+fn read_vec<T: Copy + Default>(path: &Path) -> Vec<T> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out = vec![T::default(); n];
+    // SAFETY: `out` has room for exactly `n` values of the plain number type T, whose bytes
+    // are its value; the copy covers `n · size_of::<T>()` bytes of `bytes`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr().cast::<u8>(),
+            n * std::mem::size_of::<T>(),
+        );
+    }
+    out
+}
+
+#[test]
+fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
+    let test = "cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation";
+    if !gxx_or_skip(test) {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("sparsegen-emu-rb-{}", std::process::id()));
+    for (i, case) in cases(DType::F32).iter().enumerate() {
+        let (rulebook, _) = rulebook_and_input(case, 11 + i as u64);
+        let geometry = case.spec.geometry();
+        let kernels = rulebook_kernels(&geometry);
+        let dir = root.join(&kernels.prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir.join("in_coords.bin"), rulebook.input().coords());
+        let inverse = case.spec.kind == sparsegen::codegen::ConvKind::Inverse;
+        if inverse {
+            write(&dir.join("out_sites.bin"), rulebook.output().coords());
+        }
+        let shape4 = |shape: &[u32]| {
+            let mut s = [1u32; 4];
+            s[..shape.len()].copy_from_slice(shape);
+            s
+        };
+        let in_shape = shape4(rulebook.input().spatial_shape());
+        let out_shape = shape4(rulebook.output().spatial_shape());
+        let cpp = dir.join("rulebook.cpp");
+        std::fs::write(
+            &cpp,
+            format!(
+                "{RULEBOOK_HEAD}{}{}",
+                kernels.source,
+                rulebook_main(&kernels)
+            ),
+        )
+        .unwrap();
+        let exe = dir.join("rulebook");
+        let built = Command::new("g++")
+            .args(["-std=c++20", "-O1", "-w", "-o"])
+            .arg(&exe)
+            .arg(&cpp)
+            .output()
+            .expect("run g++");
+        assert!(
+            built.status.success(),
+            "{}: {}",
+            kernels.prefix,
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let mut args = vec![rulebook.n_in().to_string()];
+        args.extend(in_shape.iter().chain(&out_shape).map(u32::to_string));
+        args.push(u8::from(inverse).to_string());
+        let ran = Command::new(&exe).arg(&dir).args(&args).output().unwrap();
+        assert!(ran.status.success(), "{}: {:?}", kernels.prefix, ran.status);
+        let coords: Vec<i32> = read_vec(&dir.join("out_coords.bin"));
+        let nbr: Vec<i32> = read_vec(&dir.join("nbr.bin"));
+        let masks: Vec<u32> = read_vec(&dir.join("masks.bin"));
+        assert_eq!(
+            coords,
+            rulebook.output().coords(),
+            "{}: output sites",
+            kernels.prefix
+        );
+        assert_eq!(
+            nbr,
+            rulebook.neighbors(),
+            "{}: neighbour table",
+            kernels.prefix
+        );
+        let words = rulebook.kernel_volume().div_ceil(32);
+        for o in 0..rulebook.n_out() {
+            for (k, &i) in rulebook.neighbors_of(o).iter().enumerate() {
+                let bit = masks[o * words + k / 32] >> (k % 32) & 1;
+                assert_eq!(
+                    bit == 1,
+                    i >= 0,
+                    "{}: mask of row {o} offset {k}",
+                    kernels.prefix
+                );
+            }
+        }
+        eprintln!(
+            "{}: {} outputs, {} pairs match",
+            kernels.prefix,
+            rulebook.n_out(),
+            rulebook.n_pairs()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -6,9 +6,9 @@
 //! give f32 out; in between, storage is 16-bit (rounded to nearest even) and accumulation f32.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaFunction, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use sparsegen_codegen::DType;
 use sparsegen_codegen::cuda::{
@@ -41,7 +41,7 @@ pub struct CudaBackend {
     target: SmVersion,
     options: CudaOptions,
     kernels: KernelCache,
-    functions: Mutex<HashMap<(String, u64), CudaFunction>>,
+    modules: Mutex<HashMap<(u64, usize), Arc<CudaModule>>>,
     pool: DevicePool,
     tuning: Mutex<TuningTable>,
 }
@@ -82,7 +82,7 @@ impl CudaBackend {
             target,
             options,
             kernels,
-            functions: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
             pool,
             tuning: Mutex::new(tuning),
         })
@@ -109,31 +109,44 @@ impl CudaBackend {
     }
 
     fn function(&self, kernel: &ConvKernel) -> Result<CudaFunction, CudaError> {
-        let key = (kernel.entry.clone(), source_hash(&kernel.source));
-        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = functions.get(&key) {
-            return Ok(f.clone());
-        }
-        if let Some(dir) = &self.options.dump_dir {
-            let path = dir.join(format!("{}.cu", kernel.entry));
-            std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&path, &kernel.source))
-                .map_err(|source| CudaError::CacheIo { path, source })?;
-        }
-        let (compiled, _) =
-            self.kernels
-                .get_or_compile(self.nvrtc, &kernel.entry, &kernel.source, self.target)?;
+        self.load_function(&kernel.entry, &kernel.source, &kernel.entry)
+    }
+
+    /// Entry `entry` of the module compiled from `source` (named `name` in dumps and the disk
+    /// cache): compiled or read from the kernel cache, loaded into the context once.
+    pub(crate) fn load_function(
+        &self,
+        name: &str,
+        source: &str,
+        entry: &str,
+    ) -> Result<CudaFunction, CudaError> {
         let driver = |call| move |source| CudaError::Driver { call, source };
-        let module = self
-            .device
-            .context()
-            .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx.to_string()))
-            .map_err(driver("cuModuleLoadData"))?;
-        let f = module
-            .load_function(&kernel.entry)
-            .map_err(driver("cuModuleGetFunction"))?;
-        functions.insert(key, f.clone());
-        Ok(f)
+        let key = (source_hash(source), source.len());
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let module = match modules.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                if let Some(dir) = &self.options.dump_dir {
+                    let path = dir.join(format!("{name}.cu"));
+                    std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::write(&path, source))
+                        .map_err(|source| CudaError::CacheIo { path, source })?;
+                }
+                let (compiled, _) =
+                    self.kernels
+                        .get_or_compile(self.nvrtc, name, source, self.target)?;
+                let module = self
+                    .device
+                    .context()
+                    .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx.to_string()))
+                    .map_err(driver("cuModuleLoadData"))?;
+                modules.insert(key, module.clone());
+                module
+            }
+        };
+        module
+            .load_function(entry)
+            .map_err(driver("cuModuleGetFunction"))
     }
 
     /// The tile for `layer` over `rulebook`: the stored tuning choice, else (with

@@ -4,7 +4,7 @@
 //! What this module owns: loading the driver and NVRTC ([`device`], [`nvrtc`]; both loaded
 //! with `dlopen`, so the same binary runs without CUDA and reports a typed [`CudaError`]),
 //! the kernel cache ([`kernel_cache`]), the host-side launch plan ([`plan`]), device buffers
-//! ([`pool`]), launches ([`launch`]), timing ([`timer`]), tile autotuning ([`autotune`]) and
+//! ([`pool`]), launches ([`launch`]), rulebooks built on the device ([`rulebook_gpu`]), timing ([`timer`]), tile autotuning ([`autotune`]) and
 //! the [`CudaBackend`] that ties them into a [`ConvBackend`](crate::ConvBackend). What it
 //! must not do: write CUDA C (the codegen crate's `cuda` module does) or decide semantics (the
 //! rulebook and the reference executor do).
@@ -30,6 +30,7 @@ pub mod launch;
 pub mod nvrtc;
 pub mod plan;
 pub mod pool;
+pub mod rulebook_gpu;
 pub mod timer;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use error::CudaError;
 pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};
 pub use nvrtc::Nvrtc;
 pub use plan::TilePlan;
+pub use rulebook_gpu::DeviceRulebook;
 
 /// The one environment variable the CUDA backend reads: when set to a folder, every generated
 /// kernel's CUDA C is written there as `<entry>.cu` before it is compiled.
