@@ -1,4 +1,4 @@
-//! GPU tests of the CUDA backend: every kind, dtype and candidate tile against the reference
+//! GPU tests of the CUDA backend: every kind, dtype, dataflow and candidate tile against the reference
 //! executor and spconv's conformance dumps, bitwise determinism, the warm kernel cache, the
 //! tuning table, and typed errors. Without a GPU each test prints why it skips; with
 //! `SPARSEGEN_REQUIRE_GPU=1` a missing GPU fails instead. (Every name contains `cuda`: the
@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use cuda_common::conformance::{conformance_layer, conformance_root};
 use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
 use sparsegen::codegen::DType;
-use sparsegen::codegen::cuda::conv_candidates;
 use sparsegen_runtime::ConvBackend;
+use sparsegen_runtime::cuda::autotune::variants;
 use sparsegen_runtime::cuda::{CudaBackend, CudaError, CudaOptions};
 
 fn require_gpu() -> bool {
@@ -54,12 +54,13 @@ fn check_cases(test: &str, dtype: DType) {
         let layer = layer(case, 7 + i as u64);
         let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
         let want = reference_output(&layer, &rulebook, &input);
-        for tile in conv_candidates(layer.spec(), cuda.target()) {
+        for variant in variants(layer.spec(), cuda.target()) {
+            let tile = variant.name();
             let first = cuda
-                .conv_with_tile(&layer, &rulebook, &input, &tile)
+                .conv_with_variant(&layer, &rulebook, &input, &variant)
                 .unwrap();
             let again = cuda
-                .conv_with_tile(&layer, &rulebook, &input, &tile)
+                .conv_with_variant(&layer, &rulebook, &input, &variant)
                 .unwrap();
             let err = relative_error(&first.output, &want);
             eprintln!(

@@ -19,8 +19,8 @@ use cuda_common::conformance::{conformance_layer, conformance_root};
 use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
 use sparsegen::codegen::DType;
 use sparsegen::codegen::cuda::{
-    CWriter, ConvKernel, ConvTile, RulebookKernels, SmVersion, conv_candidates, conv_kernel,
-    dtype_prelude, mma_prelude, pack_weights, rulebook_kernels,
+    CWriter, ConvKernel, ConvTile, GatherKernels, RulebookKernels, SmVersion, conv_candidates,
+    conv_kernel, dtype_prelude, gather_kernels, mma_prelude, pack_weights, rulebook_kernels,
 };
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
@@ -37,7 +37,7 @@ const HARNESS_HEAD: &str = r#"
 #include <thread>
 #include <vector>
 struct sg_dim3 { unsigned x, y, z; };
-static thread_local sg_dim3 threadIdx, blockIdx;
+static thread_local sg_dim3 threadIdx, blockIdx, blockDim;
 static std::barrier<>* sg_bar;
 static inline void __syncthreads() { sg_bar->arrive_and_wait(); }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -633,6 +633,196 @@ fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
             rulebook.n_out(),
             rulebook.n_pairs()
         );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn gather_main(kernels: &GatherKernels) -> String {
+    let gemm = &kernels.gemm_entry;
+    let epilogue = &kernels.epilogue_entry;
+    format!(
+        r#"
+template <class T> static std::vector<T> sg_read(const std::string& path) {{
+    std::vector<T> v;
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
+    std::fseek(f, 0, SEEK_END);
+    long n = std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    v.resize(n / sizeof(T));
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
+    std::fclose(f);
+    return v;
+}}
+// One launch: `threads` OS threads run every block in turn, with a barrier between blocks.
+template <class F> static void sg_run_blocks(unsigned gx, unsigned gy, unsigned gz, unsigned threads, F f) {{
+    std::barrier<> bar(threads);
+    sg_bar = &bar;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) {{
+        pool.emplace_back([&, t] {{
+            threadIdx = {{t, 0, 0}};
+            blockDim = {{threads, 1, 1}};
+            for (unsigned bz = 0; bz < gz; ++bz)
+                for (unsigned by = 0; by < gy; ++by)
+                    for (unsigned bx = 0; bx < gx; ++bx) {{
+                        blockIdx = {{bx, by, bz}};
+                        f();
+                        bar.arrive_and_wait();
+                    }}
+        }});
+    }}
+    for (auto& th : pool) th.join();
+}}
+int main(int argc, char** argv) {{
+    if (argc != 8) return 4;
+    const std::string dir = argv[1];
+    const int n_out = std::atoi(argv[2]);
+    const unsigned gy = std::atoi(argv[3]), gz = std::atoi(argv[4]), threads = std::atoi(argv[5]);
+    const size_t y_len = std::atoll(argv[6]);
+    const int bm = std::atoi(argv[7]);
+    auto x = sg_read<sg_t>(dir + "/x.bin");
+    auto w = sg_read<sg_t>(dir + "/w.bin");
+    auto bias = sg_read<float>(dir + "/bias.bin");
+    auto pair_in = sg_read<int>(dir + "/pair_in.bin");
+    auto pair_out = sg_read<int>(dir + "/pair_out.bin");
+    auto starts = sg_read<int>(dir + "/starts.bin");
+    std::vector<float> acc(y_len, 0.0f);
+    std::vector<sg_t> y(y_len);
+    std::memset(y.data(), 0xff, y_len * sizeof(sg_t));
+    for (size_t k = 0; k + 1 < starts.size(); ++k) {{
+        const int n = starts[k + 1] - starts[k];
+        if (n == 0) continue;
+        const unsigned gx = (n + bm - 1) / bm;
+        sg_run_blocks(gx, gy, gz, threads, [&] {{
+            {gemm}(x.data(), w.data(), pair_in.data() + starts[k], pair_out.data() + starts[k], n, (int)k, acc.data());
+        }});
+    }}
+    const unsigned blocks = (unsigned)((y_len + 255) / 256);
+    for (unsigned b = 0; b < blocks; ++b)
+        for (unsigned t = 0; t < 256; ++t) {{
+            blockIdx = {{b, 0, 0}};
+            threadIdx = {{t, 0, 0}};
+            blockDim = {{256, 1, 1}};
+            {epilogue}(acc.data(), bias.data(), y.data(), n_out);
+        }}
+    FILE* f = std::fopen((dir + "/y.bin").c_str(), "wb");
+    if (!f || std::fwrite(y.data(), sizeof(sg_t), y_len, f) != y_len) return 5;
+    std::fclose(f);
+    return 0;
+}}
+"#
+    )
+}
+
+fn emulate_gather(
+    kernels: &GatherKernels,
+    layer: &SparseConv,
+    rulebook: &Rulebook,
+    input: &[f32],
+    dir: &Path,
+) -> Vec<f32> {
+    let spec = layer.spec();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut starts = vec![0i32];
+    let (mut pin, mut pout) = (Vec::new(), Vec::new());
+    for (ins, outs) in rulebook.pair_lists() {
+        pin.extend(ins.iter().map(|&i| i as i32));
+        pout.extend(outs.iter().map(|&o| o as i32));
+        starts.push(pin.len() as i32);
+    }
+    let packed = pack_weights(spec, kernels.weight_layout, layer.weight()).unwrap();
+    std::fs::write(dir.join("x.bin"), encode(spec.dtype, input)).unwrap();
+    std::fs::write(dir.join("w.bin"), encode(spec.dtype, &packed)).unwrap();
+    write(&dir.join("bias.bin"), layer.bias().unwrap_or(&[0.0]));
+    write(&dir.join("pair_in.bin"), &pin);
+    write(&dir.join("pair_out.bin"), &pout);
+    write(&dir.join("starts.bin"), &starts);
+    let mut source = kernels.source.clone();
+    if spec.dtype == DType::F16 {
+        let mut w = CWriter::new();
+        dtype_prelude(&mut w, spec.dtype);
+        source = source.replace(&w.finish(), F16_HOST);
+    }
+    let cpp = dir.join("gather.cpp");
+    std::fs::write(
+        &cpp,
+        format!("{HARNESS_HEAD}{source}{}", gather_main(kernels)),
+    )
+    .unwrap();
+    let exe = dir.join("gather");
+    let built = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .expect("run g++");
+    assert!(
+        built.status.success(),
+        "{}: {}",
+        kernels.gemm_entry,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let y_len = rulebook.n_out() * spec.out_channels as usize;
+    let gy = spec.out_per_group().div_ceil(kernels.tile.block_cols());
+    let ran = Command::new(&exe)
+        .arg(dir)
+        .args(
+            [
+                rulebook.n_out(),
+                gy as usize,
+                spec.groups as usize,
+                kernels.threads as usize,
+                y_len,
+                kernels.tile.block_rows() as usize,
+            ]
+            .map(|v| v.to_string()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}: {:?}",
+        kernels.gemm_entry,
+        ran.status
+    );
+    decode(spec.dtype, &std::fs::read(dir.join("y.bin")).unwrap())
+}
+
+#[test]
+fn cuda_gather_scatter_kernels_match_reference_in_cpu_emulation() {
+    let test = "cuda_gather_scatter_kernels_match_reference_in_cpu_emulation";
+    if !gxx_or_skip(test) {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("sparsegen-emu-gather-{}", std::process::id()));
+    let sm = SmVersion(90);
+    for dtype in [DType::F32, DType::F16, DType::Bf16] {
+        for (i, case) in cases(dtype).iter().enumerate() {
+            let layer = layer(case, 7 + i as u64);
+            let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
+            let want = reference_output(&layer, &rulebook, &input);
+            let tile = conv_candidates(&case.spec, sm)
+                .into_iter()
+                .find(|t| matches!(t, ConvTile::Simt { .. }))
+                .unwrap();
+            let kernels = gather_kernels(&case.spec, &tile, sm).unwrap();
+            let got = emulate_gather(
+                &kernels,
+                &layer,
+                &rulebook,
+                &input,
+                &root.join(&kernels.gemm_entry),
+            );
+            let err = relative_error(&got, &want);
+            eprintln!("{err:>10.3e}  {}", kernels.gemm_entry);
+            assert!(
+                err <= tolerance(dtype),
+                "{}: relative error {err}",
+                kernels.gemm_entry
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&root);
 }

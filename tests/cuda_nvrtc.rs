@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use sparsegen::codegen::cuda::{
-    CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, representative_geometries,
-    representative_layers, rulebook_kernels,
+    CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, gather_kernels,
+    representative_geometries, representative_layers, rulebook_kernels,
 };
 use sparsegen_runtime::cuda::{CacheOrigin, CudaError, KernelCache, Nvrtc};
 
@@ -179,4 +179,31 @@ fn nvrtc_compiles_every_rulebook_kernel() {
             eprintln!("{:>8.1?}  {sm}  {}", ptx.elapsed, kernels.prefix);
         }
     }
+}
+
+#[test]
+fn nvrtc_compiles_every_gather_scatter_variant() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_compiles_every_gather_scatter_variant") else {
+        return;
+    };
+    let mut slowest = std::time::Duration::ZERO;
+    let mut count = 0;
+    for spec in representative_layers() {
+        for sm in CHECKED_ARCHS {
+            for tile in conv_candidates(&spec, sm) {
+                if !matches!(tile, ConvTile::Simt { .. }) {
+                    continue;
+                }
+                let kernels = gather_kernels(&spec, &tile, sm).expect("SIMT tiles are valid");
+                let ptx = nvrtc
+                    .compile(&kernels.source, &kernels.gemm_entry, sm)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(ptx.ptx.contains(&kernels.gemm_entry));
+                assert!(ptx.ptx.contains(&kernels.epilogue_entry));
+                slowest = slowest.max(ptx.elapsed);
+                count += 1;
+            }
+        }
+    }
+    eprintln!("compiled {count} gather-GEMM-scatter modules, slowest {slowest:.1?}");
 }

@@ -6,7 +6,7 @@
 //! kernel specialised for exactly that layer — any channel pair, any kernel, any group count.
 //!
 //! What lives here and what does not:
-//! - here: the emitters ([`conv_kernel`], [`rulebook_kernels`]), the tile rules and candidate list
+//! - here: the emitters ([`conv_kernel`], [`gather_kernels`], [`rulebook_kernels`]), the tile rules and candidate list
 //!   ([`conv_candidates`]), the kernel parameter contract ([`CONV_PARAMS`]) and the weight
 //!   layouts the kernels read ([`pack_weights`]). All pure functions; the same arguments give
 //!   byte-identical source (snapshot-tested under `snapshots/`).
@@ -18,6 +18,7 @@
 //! repeatable.
 
 mod conv;
+mod gather;
 mod params;
 mod rulebook;
 mod syntax;
@@ -25,7 +26,10 @@ mod tile;
 mod weights;
 
 pub use conv::{ConvKernel, EmitError, conv_kernel};
-pub use params::{CONV_PARAMS, CParam, Elem, KernelParam, ParamType};
+pub use gather::{EPILOGUE_THREADS, GatherKernels, gather_kernels};
+pub use params::{
+    CONV_PARAMS, CParam, EPILOGUE_PARAMS, Elem, GATHER_PARAMS, KernelParam, ParamType,
+};
 pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
 pub use syntax::{CWriter, FloatLit, StorageType, dtype_prelude, mma_prelude};
 pub use tile::{ConvTile, MMA_ROW_PAD, SmVersion, TileError, conv_candidates};

@@ -82,3 +82,25 @@ impl fmt::Display for CParam {
         }
     }
 }
+
+/// Parameters of the gather-GEMM-scatter kernel, in order: one launch per offset `k`, over
+/// that offset's pairs (`pair_in[j]` feeds `pair_out[j]`; each output row at most once per
+/// offset), adding into the f32 accumulator `acc` `[N_out, Cout]`. Launches of successive
+/// offsets are stream-ordered, so the sums are deterministic without atomics.
+pub const GATHER_PARAMS: [KernelParam; 7] = [
+    param("x", ParamType::In(Elem::Storage)),
+    param("w", ParamType::In(Elem::Storage)),
+    param("pair_in", ParamType::In(Elem::I32)),
+    param("pair_out", ParamType::In(Elem::I32)),
+    param("n_pairs", ParamType::I32),
+    param("k", ParamType::I32),
+    param("acc", ParamType::Out(Elem::F32)),
+];
+
+/// Parameters of the gather-GEMM-scatter epilogue: `y = act(acc + bias)` in storage type.
+pub const EPILOGUE_PARAMS: [KernelParam; 4] = [
+    param("acc", ParamType::In(Elem::F32)),
+    param("bias", ParamType::In(Elem::F32)),
+    param("y", ParamType::Out(Elem::Storage)),
+    param("n_out", ParamType::I32),
+];

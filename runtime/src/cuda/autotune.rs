@@ -9,9 +9,44 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sparsegen_codegen::LayerSpec;
-use sparsegen_codegen::cuda::{ConvTile, SmVersion};
+use sparsegen_codegen::cuda::{ConvTile, SmVersion, conv_candidates};
 
 use super::error::CudaError;
+
+/// A way to run a layer: the dataflow and its tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Output-stationary implicit GEMM over the neighbour table.
+    Stationary(ConvTile),
+    /// Gather-GEMM-scatter, one launch per offset (SIMT tiles).
+    GatherScatter(ConvTile),
+}
+
+impl Variant {
+    /// The name stored in the tuning table (`<tile>` or `gather_<tile>`).
+    pub fn name(&self) -> String {
+        match self {
+            Variant::Stationary(t) => t.suffix(),
+            Variant::GatherScatter(t) => format!("gather_{}", t.suffix()),
+        }
+    }
+}
+
+/// The variants worth timing for `spec` on `sm`: every output-stationary candidate tile, then
+/// gather-GEMM-scatter with the first SIMT tile.
+pub fn variants(spec: &LayerSpec, sm: SmVersion) -> Vec<Variant> {
+    let tiles = conv_candidates(spec, sm);
+    let gather = tiles
+        .iter()
+        .copied()
+        .find(|t| matches!(t, ConvTile::Simt { .. }))
+        .map(Variant::GatherScatter);
+    tiles
+        .into_iter()
+        .map(Variant::Stationary)
+        .chain(gather)
+        .collect()
+}
 
 /// What a tuning choice is keyed by: architecture, the exact layer, and the output row count
 /// rounded up to a power of two (tiles behave alike within a size class).
@@ -80,14 +115,14 @@ impl TuningTable {
     }
 
     /// The stored choice for `key`, if it is one of `candidates`.
-    pub fn choice(&self, key: &TuningKey, candidates: &[ConvTile]) -> Option<ConvTile> {
-        let (suffix, _) = self.choices.get(key)?;
-        candidates.iter().find(|t| &t.suffix() == suffix).copied()
+    pub fn choice(&self, key: &TuningKey, candidates: &[Variant]) -> Option<Variant> {
+        let (name, _) = self.choices.get(key)?;
+        candidates.iter().find(|v| &v.name() == name).copied()
     }
 
     /// Records a choice and rewrites the file.
-    pub fn record(&mut self, key: TuningKey, tile: &ConvTile, ms: f32) -> Result<(), CudaError> {
-        self.choices.insert(key, (tile.suffix(), ms));
+    pub fn record(&mut self, key: TuningKey, variant: &Variant, ms: f32) -> Result<(), CudaError> {
+        self.choices.insert(key, (variant.name(), ms));
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -110,7 +145,7 @@ impl TuningTable {
 }
 
 /// Picks the fastest of `timings` (ties go to the earlier candidate, so the choice is stable).
-pub fn fastest(timings: &[(ConvTile, f32)]) -> Option<(ConvTile, f32)> {
+pub fn fastest(timings: &[(Variant, f32)]) -> Option<(Variant, f32)> {
     timings
         .iter()
         .copied()
@@ -124,7 +159,6 @@ pub fn fastest(timings: &[(ConvTile, f32)]) -> Option<(ConvTile, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sparsegen_codegen::cuda::conv_candidates;
     use sparsegen_codegen::{ConvKind, DType};
 
     #[test]
@@ -138,7 +172,8 @@ mod tests {
             .build()
             .unwrap();
         let sm = SmVersion(90);
-        let tiles = conv_candidates(&spec, sm);
+        let tiles = variants(&spec, sm);
+        assert!(matches!(tiles.last(), Some(Variant::GatherScatter(_))));
         let key = TuningKey::new(sm, &spec, 100_000);
         assert_eq!(key, TuningKey::new(sm, &spec, 131_072));
         let mut table = TuningTable::load(Some(path.clone())).unwrap();
@@ -156,7 +191,7 @@ mod tests {
             .channels(16, 16)
             .build()
             .unwrap();
-        let t = conv_candidates(&spec, SmVersion(90));
+        let t = variants(&spec, SmVersion(90));
         assert_eq!(fastest(&[(t[0], 1.0), (t[1], 1.0)]), Some((t[0], 1.0)));
         assert_eq!(fastest(&[(t[0], f32::NAN), (t[1], 2.0)]), Some((t[1], 2.0)));
         assert_eq!(fastest(&[]), None);

@@ -12,7 +12,8 @@ use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use sparsegen_codegen::DType;
 use sparsegen_codegen::cuda::{
-    ConvKernel, ConvTile, SmVersion, conv_candidates, conv_kernel, pack_weights,
+    ConvKernel, ConvTile, EPILOGUE_THREADS, GatherKernels, SmVersion, conv_kernel, gather_kernels,
+    pack_weights,
 };
 
 use crate::engine::ConvBackend;
@@ -20,15 +21,21 @@ use crate::rulebook::Rulebook;
 use crate::sparse_conv::SparseConv;
 
 use super::CudaOptions;
-use super::autotune::{TuningKey, TuningTable, fastest};
+use super::autotune::{TuningKey, TuningTable, Variant, fastest, variants};
 use super::device::{CudaDevice, driver_available};
 use super::error::CudaError;
 use super::kernel_cache::{KernelCache, source_hash};
-use super::launch::{ConvArgs, launch_conv};
+use super::launch::{
+    ConvArgs, EpilogueArgs, GatherArgs, launch_conv, launch_epilogue, launch_gather,
+};
 use super::nvrtc::{Nvrtc, parse_arch};
 use super::plan::{TilePlan, conv_grid};
-use super::pool::DevicePool;
+use super::pool::{DevicePool, PooledBuffer};
 use super::timer::GpuTimer;
+
+/// Below this fraction of useful products in output-stationary tiles (see
+/// [`TilePlan::efficiency`]), the untuned backend runs gather-GEMM-scatter instead.
+pub const GATHER_BELOW_EFFICIENCY: f64 = 0.3;
 
 /// Timed launches per candidate when autotuning (after one warm-up launch).
 const TUNING_RUNS: usize = 3;
@@ -149,67 +156,254 @@ impl CudaBackend {
             .map_err(driver("cuModuleGetFunction"))
     }
 
-    /// The tile for `layer` over `rulebook`: the stored tuning choice, else (with
-    /// `options.autotune`) the fastest candidate after timing each once, else the first
-    /// candidate. Returns the output of the timing run when it had to time.
-    fn choose_tile(
+    /// How to run `layer` over `rulebook`: the stored tuning choice; else, with
+    /// `options.autotune`, the fastest variant after timing each once (persisted); else a
+    /// heuristic: gather-GEMM-scatter when output-stationary tiles would waste more than
+    /// [`GATHER_BELOW_EFFICIENCY`] of their products on zeros, the first tile otherwise.
+    /// Returns the output of the timing run when it had to time.
+    pub fn choose_variant(
         &self,
         layer: &SparseConv,
         rulebook: &Rulebook,
         input: &[f32],
-    ) -> Result<(ConvTile, Option<Vec<f32>>), CudaError> {
+    ) -> Result<(Variant, Option<Vec<f32>>), CudaError> {
         let spec = layer.spec();
-        let candidates = conv_candidates(spec, self.target);
+        let candidates = variants(spec, self.target);
         let Some(&first) = candidates.first() else {
             return Err(CudaError::Shape {
                 layer: layer.name().to_string(),
                 message: format!("no tile fits this layer on {}", self.target),
             });
         };
-        if !self.options.autotune || candidates.len() == 1 {
-            return Ok((first, None));
+        if !self.options.autotune {
+            let Variant::Stationary(tile) = first else {
+                return Ok((first, None));
+            };
+            let plan = TilePlan::build(rulebook, tile.block_rows() as usize, layer.name())?;
+            let gather = candidates
+                .iter()
+                .find(|v| matches!(v, Variant::GatherScatter(_)));
+            return Ok(match gather {
+                Some(&g) if plan.efficiency(rulebook) < GATHER_BELOW_EFFICIENCY => (g, None),
+                _ => (first, None),
+            });
         }
         let key = TuningKey::new(self.target, spec, rulebook.n_out());
-        if let Some(tile) = self
+        if let Some(variant) = self
             .tuning
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .choice(&key, &candidates)
         {
-            return Ok((tile, None));
+            return Ok((variant, None));
         }
         let mut timings = Vec::with_capacity(candidates.len());
         let mut outputs = Vec::with_capacity(candidates.len());
-        for tile in &candidates {
+        for variant in &candidates {
             let mut best = f32::INFINITY;
             let mut out = Vec::new();
             for _ in 0..=TUNING_RUNS {
-                let run = self.conv_with_tile(layer, rulebook, input, tile)?;
+                let run = self.conv_with_variant(layer, rulebook, input, variant)?;
                 best = best.min(run.kernel_ms);
                 out = run.output;
             }
-            timings.push((*tile, best));
+            timings.push((*variant, best));
             outputs.push(out);
         }
-        let Some((tile, ms)) = fastest(&timings) else {
+        let Some((variant, ms)) = fastest(&timings) else {
             return Ok((first, None));
         };
         self.tuning
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(key, &tile, ms)?;
-        let index = candidates.iter().position(|t| *t == tile).unwrap_or(0);
-        Ok((tile, outputs.into_iter().nth(index)))
+            .record(key, &variant, ms)?;
+        let index = candidates.iter().position(|v| *v == variant).unwrap_or(0);
+        Ok((variant, outputs.into_iter().nth(index)))
     }
 
-    /// Runs `layer` with a given tile and times the kernel.
-    pub fn conv_with_tile(
+    /// Runs `layer` with a given variant and times its kernels.
+    pub fn conv_with_variant(
+        &self,
+        layer: &SparseConv,
+        rulebook: &Rulebook,
+        input: &[f32],
+        variant: &Variant,
+    ) -> Result<ConvRun, CudaError> {
+        match variant {
+            Variant::Stationary(tile) => self.conv_with_tile(layer, rulebook, input, tile),
+            Variant::GatherScatter(tile) => self.conv_gather(layer, rulebook, input, tile),
+        }
+    }
+
+    /// Runs `layer` as gather-GEMM-scatter with a SIMT tile and times its kernels.
+    pub fn conv_gather(
         &self,
         layer: &SparseConv,
         rulebook: &Rulebook,
         input: &[f32],
         tile: &ConvTile,
     ) -> Result<ConvRun, CudaError> {
+        self.check_shapes(layer, rulebook, input)?;
+        if rulebook.n_out() == 0 {
+            return Ok(ConvRun {
+                output: Vec::new(),
+                kernel_ms: 0.0,
+            });
+        }
+        let kernels = gather_kernels(layer.spec(), tile, self.target)?;
+        match layer.spec().dtype {
+            DType::F32 => self.run_gather::<f32>(layer, rulebook, input, &kernels, |v| v, |v| v),
+            DType::F16 => {
+                self.run_gather::<u16>(layer, rulebook, input, &kernels, f16_bits, f16_value)
+            }
+            DType::Bf16 => {
+                self.run_gather::<u16>(layer, rulebook, input, &kernels, bf16_bits, bf16_value)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_gather<S: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static>(
+        &self,
+        layer: &SparseConv,
+        rulebook: &Rulebook,
+        input: &[f32],
+        kernels: &GatherKernels,
+        encode: fn(f32) -> S,
+        decode: fn(S) -> f32,
+    ) -> Result<ConvRun, CudaError> {
+        let spec = layer.spec();
+        let name = layer.name();
+        let cout = spec.out_channels as usize;
+        let n_out = rulebook.n_out();
+        let gemm = self.load_function(&kernels.gemm_entry, &kernels.source, &kernels.gemm_entry)?;
+        let epilogue = self.load_function(
+            &kernels.gemm_entry,
+            &kernels.source,
+            &kernels.epilogue_entry,
+        )?;
+        let too_large = |what, value: usize| CudaError::TooLarge {
+            layer: name.to_string(),
+            what,
+            value: value as u64,
+            limit: i32::MAX as u64,
+        };
+        if n_out as u64 > i32::MAX as u64 {
+            return Err(too_large("the number of output rows", n_out));
+        }
+        let epilogue_blocks = (n_out * cout).div_ceil(EPILOGUE_THREADS as usize);
+        if epilogue_blocks as u64 > i32::MAX as u64 {
+            return Err(too_large("output elements / 256", epilogue_blocks));
+        }
+        let lists = rulebook.pair_lists();
+        let mut starts = Vec::with_capacity(lists.len() + 1);
+        let mut pair_in = Vec::with_capacity(rulebook.n_pairs());
+        let mut pair_out = Vec::with_capacity(rulebook.n_pairs());
+        starts.push(0usize);
+        for (ins, outs) in &lists {
+            pair_in.extend(ins.iter().map(|&i| i as i32));
+            pair_out.extend(outs.iter().map(|&o| o as i32));
+            starts.push(pair_in.len());
+        }
+        let packed =
+            pack_weights(spec, kernels.weight_layout, layer.weight()).ok_or_else(|| {
+                CudaError::Shape {
+                    layer: name.to_string(),
+                    message: "the weights do not have the layer's shape".into(),
+                }
+            })?;
+        let x_host: Vec<S> = input.iter().map(|&v| encode(v)).collect();
+        let w_host: Vec<S> = packed.iter().map(|&v| encode(v)).collect();
+        let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
+        let pool = &self.pool;
+        let x = pool.upload(&x_host, "input features")?;
+        let w = pool.upload(&w_host, "weights")?;
+        let bias = pool.upload(&bias_host, "bias")?;
+        let d_in = pool.upload(&pair_in, "pair input rows")?;
+        let d_out = pool.upload(&pair_out, "pair output rows")?;
+        let mut acc = pool.take::<f32>(n_out * cout, "f32 accumulator")?;
+        let mut y = pool.take::<S>(n_out * cout, "output features")?;
+        let stream = self.device.stream();
+        stream
+            .memset_zeros(&mut acc.view_mut())
+            .map_err(CudaError::driver(
+                "cuMemsetD8",
+                "f32 accumulator",
+                n_out * cout * 4,
+            ))?;
+        let tile = kernels.tile;
+        let timer = GpuTimer::start(stream)?;
+        for (k, range) in starts.windows(2).enumerate() {
+            let n_pairs = range[1] - range[0];
+            if n_pairs == 0 {
+                continue;
+            }
+            let grid = conv_grid(
+                n_pairs.div_ceil(tile.block_rows() as usize),
+                spec.out_per_group(),
+                tile.block_cols(),
+                spec.groups,
+                name,
+            )?;
+            launch_gather(
+                stream,
+                &gemm,
+                kernels,
+                grid,
+                GatherArgs {
+                    x: x.view(),
+                    w: w.view(),
+                    pair_in: d_in.view().slice(range[0]..range[1]),
+                    pair_out: d_out.view().slice(range[0]..range[1]),
+                    n_pairs: n_pairs as i32,
+                    k: k as i32,
+                    acc: acc.view_mut(),
+                },
+            )?;
+        }
+        launch_epilogue(
+            stream,
+            &epilogue,
+            epilogue_blocks.max(1) as u32,
+            EpilogueArgs {
+                acc: acc.view(),
+                bias: bias.view(),
+                y: y.view_mut(),
+                n_out: n_out as i32,
+            },
+        )?;
+        let kernel_ms = timer.stop()?;
+        let output = self.download(&y, decode)?;
+        Ok(ConvRun { output, kernel_ms })
+    }
+
+    fn download<S: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + 'static>(
+        &self,
+        y: &PooledBuffer<'_, S>,
+        decode: fn(S) -> f32,
+    ) -> Result<Vec<f32>, CudaError> {
+        let stream = self.device.stream();
+        let mut host = vec![S::default(); y.len()];
+        stream
+            .memcpy_dtoh(&y.view(), &mut host)
+            .map_err(CudaError::driver(
+                "cuMemcpyDtoH",
+                "output features",
+                std::mem::size_of_val(host.as_slice()),
+            ))?;
+        stream.synchronize().map_err(|source| CudaError::Driver {
+            call: "cuStreamSynchronize",
+            source,
+        })?;
+        Ok(host.into_iter().map(decode).collect())
+    }
+
+    fn check_shapes(
+        &self,
+        layer: &SparseConv,
+        rulebook: &Rulebook,
+        input: &[f32],
+    ) -> Result<(), CudaError> {
         let spec = layer.spec();
         let cin = spec.in_channels as usize;
         let shape = |message: String| CudaError::Shape {
@@ -230,6 +424,18 @@ impl CudaBackend {
                 spec.kernel_volume()
             )));
         }
+        Ok(())
+    }
+
+    /// Runs `layer` output-stationary with a given tile and times the kernel.
+    pub fn conv_with_tile(
+        &self,
+        layer: &SparseConv,
+        rulebook: &Rulebook,
+        input: &[f32],
+        tile: &ConvTile,
+    ) -> Result<ConvRun, CudaError> {
+        self.check_shapes(layer, rulebook, input)?;
         if rulebook.n_out() == 0 {
             return Ok(ConvRun {
                 output: Vec::new(),
@@ -237,7 +443,7 @@ impl CudaBackend {
             });
         }
         let kernel = self.kernel(layer, tile)?;
-        match spec.dtype {
+        match layer.spec().dtype {
             DType::F32 => self.run::<f32>(layer, rulebook, input, &kernel, |v| v, |v| v),
             DType::F16 => self.run::<u16>(layer, rulebook, input, &kernel, f16_bits, f16_value),
             DType::Bf16 => self.run::<u16>(layer, rulebook, input, &kernel, bf16_bits, bf16_value),
@@ -304,35 +510,23 @@ impl CudaBackend {
             },
         )?;
         let kernel_ms = timer.stop()?;
-        let mut out_host = vec![S::default(); n_out * cout];
-        stream
-            .memcpy_dtoh(&y.view(), &mut out_host)
-            .map_err(CudaError::driver(
-                "cuMemcpyDtoH",
-                "output features",
-                std::mem::size_of_val(out_host.as_slice()),
-            ))?;
-        stream.synchronize().map_err(|source| CudaError::Driver {
-            call: "cuStreamSynchronize",
-            source,
-        })?;
-        Ok(ConvRun {
-            output: out_host.into_iter().map(decode).collect(),
-            kernel_ms,
-        })
+        let output = self.download(&y, decode)?;
+        Ok(ConvRun { output, kernel_ms })
     }
 
-    /// Runs `layer` over `rulebook` with the chosen tile (see the module docs).
+    /// Runs `layer` over `rulebook` with the chosen variant (see [`Self::choose_variant`]).
     pub fn conv_f32(
         &self,
         layer: &SparseConv,
         rulebook: &Rulebook,
         input: &[f32],
     ) -> Result<Vec<f32>, CudaError> {
-        let (tile, timed) = self.choose_tile(layer, rulebook, input)?;
+        let (variant, timed) = self.choose_variant(layer, rulebook, input)?;
         match timed {
             Some(output) => Ok(output),
-            None => Ok(self.conv_with_tile(layer, rulebook, input, &tile)?.output),
+            None => Ok(self
+                .conv_with_variant(layer, rulebook, input, &variant)?
+                .output),
         }
     }
 }
