@@ -3,6 +3,7 @@
 //! tuning table, and typed errors. Without a GPU each test prints why it skips; with
 //! `SPARSEGEN_REQUIRE_GPU=1` a missing GPU fails instead. (Every name contains `cuda`: the
 //! GPU runner filters on it.)
+#![allow(clippy::unwrap_used, clippy::unwrap_in_result)] // a failed unwrap is a failed test
 
 mod cuda_common;
 

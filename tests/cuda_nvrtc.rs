@@ -2,6 +2,7 @@
 //! architecture, compiler failures carry the log and the source, and the disk cache makes a
 //! warm start compile nothing. They skip, saying why, where libnvrtc is not on the library
 //! path; with `SPARSEGEN_REQUIRE_NVRTC=1` (or `SPARSEGEN_REQUIRE_GPU=1`) they fail instead.
+#![allow(clippy::unwrap_used, clippy::unwrap_in_result)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 

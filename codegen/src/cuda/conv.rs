@@ -305,7 +305,7 @@ fn simt_body(w: &mut CWriter, spec: &LayerSpec) {
 
 fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     // 16-byte vector loads need every row start and group base to be 8-element aligned.
-    let vector = spec.in_channels % 8 == 0 && spec.in_per_group() % 8 == 0;
+    let vector = spec.in_channels.is_multiple_of(8) && spec.in_per_group().is_multiple_of(8);
     w.line("struct alignas(16) sg_vec { unsigned v[4]; };");
     w.line("alignas(16) __shared__ sg_t xs[BM * SK];");
     w.line("alignas(16) __shared__ sg_t ws[BN * SK];");

@@ -161,6 +161,7 @@ for (int i = 0; i < TM; ++i) {
 }"#;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::cuda::{GATHER_PARAMS, conv_candidates, representative_layers};

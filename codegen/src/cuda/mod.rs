@@ -120,4 +120,5 @@ pub fn representative_geometries() -> Vec<crate::Geometry> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests;

@@ -334,6 +334,7 @@ __device__ __forceinline__ int sg_lookup(const sg_key* table, const int* values,
 }"#;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::LayerSpec;

@@ -156,6 +156,7 @@ pub fn mma_prelude(w: &mut CWriter, dtype: DType) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

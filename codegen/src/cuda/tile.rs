@@ -234,7 +234,7 @@ impl ConvTile {
             }
         }
         let threads = self.threads();
-        if threads == 0 || threads > 1024 || threads % 32 != 0 {
+        if threads == 0 || threads > 1024 || !threads.is_multiple_of(32) {
             return Err(shape(
                 "threads per block must be a multiple of 32 up to 1024",
             ));
@@ -301,6 +301,7 @@ pub fn conv_candidates(spec: &LayerSpec, sm: SmVersion) -> Vec<ConvTile> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::ConvKind;

@@ -55,6 +55,7 @@ pub fn pack_weights(spec: &LayerSpec, layout: WeightLayout, krsc: &[f32]) -> Opt
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::ConvKind;

@@ -157,6 +157,7 @@ pub fn fastest(timings: &[(Variant, f32)]) -> Option<(Variant, f32)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use sparsegen_codegen::{ConvKind, DType};

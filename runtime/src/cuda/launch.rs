@@ -180,6 +180,7 @@ pub fn launch_epilogue<S>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use sparsegen_codegen::cuda::{EPILOGUE_PARAMS, GATHER_PARAMS};

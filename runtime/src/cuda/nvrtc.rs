@@ -169,6 +169,7 @@ pub fn parse_arch(text: &str) -> Result<SmVersion, CudaError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -171,6 +171,7 @@ pub fn conv_grid(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use std::sync::Arc;
 
