@@ -22,6 +22,7 @@ use sparsegen::codegen::DType;
 use sparsegen::codegen::cuda::{
     CWriter, ConvKernel, ConvTile, GatherKernels, RulebookKernels, SmVersion, conv_candidates,
     conv_kernel, dtype_prelude, gather_kernels, mma_prelude, pack_weights, rulebook_kernels,
+    tf32_candidates, tf32_prelude,
 };
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
@@ -105,6 +106,41 @@ static void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
 }
 "#;
 
+const TF32_HOST: &str = r#"// Host emulation of cvt.rna.tf32.f32 and mma.sync.m16n8k8 (TF32), fragments exchanged
+// through statics between two block barriers like the f16 emulation.
+static inline unsigned sg_tf32(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+    return u & 0xffffe000u;
+}
+static void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < 4; ++i) sg_frag_a[warp][lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) sg_frag_b[warp][lane][i] = b[i];
+    __syncthreads();
+    float A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        const unsigned* fa = sg_frag_a[warp][l];
+        const unsigned* fb = sg_frag_b[warp][l];
+        A[g][q] = __uint_as_float(fa[0]);
+        A[g + 8][q] = __uint_as_float(fa[1]);
+        A[g][q + 4] = __uint_as_float(fa[2]);
+        A[g + 8][q + 4] = __uint_as_float(fa[3]);
+        B[q][g] = __uint_as_float(fb[0]);
+        B[q + 4][g] = __uint_as_float(fb[1]);
+    }
+    const int g = lane >> 2, q = lane & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2), col = 2 * q + e % 2;
+        float s = 0.0f;
+        for (int k = 0; k < 8; ++k) s += A[row][k] * B[k][col];
+        d[e] += s;
+    }
+    __syncthreads();
+}
+"#;
+
 fn harness_main(entry: &str) -> String {
     format!(
         r#"
@@ -179,6 +215,13 @@ fn host_source(kernel: &ConvKernel) -> String {
         let device = w.finish();
         assert!(source.contains(&device));
         source = source.replace(&device, MMA_HOST);
+    }
+    if matches!(kernel.tile, ConvTile::MmaTf32 { .. }) {
+        let mut w = CWriter::new();
+        tf32_prelude(&mut w);
+        let device = w.finish();
+        assert!(source.contains(&device));
+        source = source.replace(&device, TF32_HOST);
     }
     format!("{HARNESS_HEAD}{source}{}", harness_main(&kernel.entry))
 }
@@ -824,6 +867,40 @@ fn cuda_gather_scatter_kernels_match_reference_in_cpu_emulation() {
                 kernels.gemm_entry
             );
         }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn cuda_tf32_kernels_match_reference_in_cpu_emulation() {
+    let test = "cuda_tf32_kernels_match_reference_in_cpu_emulation";
+    if !gxx_or_skip(test) {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("sparsegen-emu-tf32-{}", std::process::id()));
+    let sm = SmVersion(90);
+    for (i, case) in cases(DType::F32).iter().enumerate() {
+        let layer = layer(case, 7 + i as u64);
+        let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
+        let want = reference_output(&layer, &rulebook, &input);
+        let tile = tf32_candidates(&case.spec, sm)[0];
+        let kernel = conv_kernel(&case.spec, &tile, sm).unwrap();
+        let got = emulate(
+            &kernel,
+            &layer,
+            &rulebook,
+            &input,
+            &root.join(&kernel.entry),
+        );
+        let err = relative_error(&got, &want);
+        eprintln!("{err:>10.3e}  {}", kernel.entry);
+        // TF32 keeps 10 mantissa bits, like f16: the half-precision tolerance applies.
+        assert!(
+            err <= tolerance(DType::F16),
+            "{}: relative error {err}",
+            kernel.entry
+        );
+        assert!(err > 0.0, "{}: TF32 rounding should show", kernel.entry);
     }
     let _ = std::fs::remove_dir_all(&root);
 }

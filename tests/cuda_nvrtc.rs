@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sparsegen::codegen::cuda::{
     CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, gather_kernels,
-    representative_geometries, representative_layers, rulebook_kernels,
+    representative_geometries, representative_layers, rulebook_kernels, tf32_candidates,
 };
 use sparsegen_runtime::cuda::{CacheOrigin, CudaError, KernelCache, Nvrtc};
 
@@ -42,11 +42,21 @@ fn nvrtc_compiles_every_variant() {
     let mut failures = Vec::new();
     for spec in representative_layers() {
         for sm in CHECKED_ARCHS {
-            for tile in conv_candidates(&spec, sm) {
+            for tile in conv_candidates(&spec, sm)
+                .into_iter()
+                .chain(tf32_candidates(&spec, sm))
+            {
                 let kernel = conv_kernel(&spec, &tile, sm).expect("candidates are valid");
                 match nvrtc.compile(&kernel.source, &kernel.entry, sm) {
                     Ok(ptx) => {
                         assert!(ptx.ptx.contains(&kernel.entry), "{}", kernel.entry);
+                        if matches!(tile, ConvTile::MmaTf32 { .. }) {
+                            assert!(
+                                ptx.ptx.contains("mma.sync.aligned.m16n8k8"),
+                                "{}",
+                                kernel.entry
+                            );
+                        }
                         if matches!(tile, ConvTile::Mma { .. }) {
                             assert!(
                                 ptx.ptx.contains("mma.sync.aligned.m16n8k16"),

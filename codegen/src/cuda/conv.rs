@@ -19,8 +19,8 @@ use std::fmt::Write as _;
 use crate::spec::{Activation, LayerSpec, SpecError};
 
 use super::params::{CONV_PARAMS, CParam, KernelParam};
-use super::syntax::{CWriter, FloatLit, dtype_prelude, mma_prelude};
-use super::tile::{ConvTile, MMA_ROW_PAD, SmVersion, TileError};
+use super::syntax::{CWriter, FloatLit, dtype_prelude, mma_prelude, tf32_prelude};
+use super::tile::{ConvTile, MMA_ROW_PAD, SmVersion, TF32_ROW_PAD, TileError};
 use super::weights::WeightLayout;
 
 /// One generated conv kernel: its source and what the launcher needs to run it.
@@ -72,8 +72,10 @@ pub fn conv_kernel(
     let mut w = CWriter::new();
     header(&mut w, spec, tile);
     dtype_prelude(&mut w, spec.dtype);
-    if let ConvTile::Mma { .. } = tile {
-        mma_prelude(&mut w, spec.dtype);
+    match tile {
+        ConvTile::Mma { .. } => mma_prelude(&mut w, spec.dtype),
+        ConvTile::MmaTf32 { .. } => tf32_prelude(&mut w),
+        ConvTile::Simt { .. } => {}
     }
     w.line("");
     signature(&mut w, &entry, tile.threads(), &CONV_PARAMS);
@@ -82,6 +84,7 @@ pub fn conv_kernel(
     match *tile {
         ConvTile::Simt { .. } => simt_body(&mut w, spec),
         ConvTile::Mma { .. } => mma_body(&mut w, spec),
+        ConvTile::MmaTf32 { .. } => tf32_body(&mut w, spec),
     }
     w.close("");
     Ok(ConvKernel {
@@ -169,14 +172,21 @@ pub(super) fn constants(w: &mut CWriter, spec: &LayerSpec, tile: &ConvTile) {
         }
         ConvTile::Mma {
             warps_m, warps_n, ..
+        }
+        | ConvTile::MmaTf32 {
+            warps_m, warps_n, ..
         } => {
+            let pad = match tile {
+                ConvTile::MmaTf32 { .. } => TF32_ROW_PAD,
+                _ => MMA_ROW_PAD,
+            };
             w.line(format_args!("constexpr int WARPS_M = {warps_m};"));
             w.line(format_args!("constexpr int WARPS_N = {warps_n};"));
             w.line("constexpr int WM = BM / WARPS_M;");
             w.line("constexpr int WN = BN / WARPS_N;");
             w.line("constexpr int MT = WM / 16;");
             w.line("constexpr int NT = WN / 8;");
-            w.line(format_args!("constexpr int SK = BK + {MMA_ROW_PAD};"));
+            w.line(format_args!("constexpr int SK = BK + {pad};"));
         }
     }
 }
@@ -381,6 +391,11 @@ fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     w.close(""); // kk
     w.close(""); // c0
     w.close(""); // j
+    mma_epilogue(w, spec);
+}
+
+/// Stores the `acc[MT][NT][4]` fragments of an MMA tile through the epilogue.
+fn mma_epilogue(w: &mut CWriter, spec: &LayerSpec) {
     w.line("// Accumulator fragment: element q is row gid + 8 * (q / 2), column tig * 2 + q % 2.");
     w.line("#pragma unroll");
     w.open("for (int mt = 0; mt < MT; ++mt)");
@@ -396,4 +411,81 @@ fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     w.close("");
     w.close("");
     w.close("");
+}
+
+fn tf32_body(w: &mut CWriter, spec: &LayerSpec) {
+    // 16-byte vector loads need every row start and group base to be 4-element aligned.
+    let vector = spec.in_channels.is_multiple_of(4) && spec.in_per_group().is_multiple_of(4);
+    w.line("struct alignas(16) sg_vec { float v[4]; };");
+    w.line("alignas(16) __shared__ float xs[BM * SK];");
+    w.line("alignas(16) __shared__ float ws[BN * SK];");
+    rows_and_offset_loop(w);
+    w.line("const int warp = tid / 32;");
+    w.line("const int lane = tid % 32;");
+    w.line("const int wm = warp / WARPS_N;");
+    w.line("const int wn = warp % WARPS_N;");
+    w.line("const int gid = lane >> 2;");
+    w.line("const int tig = lane & 3;");
+    w.line("float acc[MT][NT][4];");
+    w.line("#pragma unroll");
+    w.line("for (int mt = 0; mt < MT; ++mt)");
+    w.line("    for (int nt = 0; nt < NT; ++nt)");
+    w.line("        for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;");
+    offset_loop_open(w);
+    if vector {
+        w.line("// Cin and Cin/groups are multiples of 4: 16-byte loads.");
+        w.open("for (int e = tid; e < BM * (BK / 4); e += THREADS)");
+        w.line("const int r = e / (BK / 4);");
+        w.line("const int c = (e % (BK / 4)) * 4;");
+        w.line("const int i = in_row[r];");
+        w.line("sg_vec v = {{0.0f, 0.0f, 0.0f, 0.0f}};");
+        w.line("if (i >= 0 && c0 + c < CIN_G) v = *reinterpret_cast<const sg_vec*>(x + (long long)i * CIN + group * CIN_G + c0 + c);");
+        w.line("*reinterpret_cast<sg_vec*>(xs + r * SK + c) = v;");
+        w.close("");
+        w.open("for (int e = tid; e < BN * (BK / 4); e += THREADS)");
+        w.line("const int n = e / (BK / 4);");
+        w.line("const int c = (e % (BK / 4)) * 4;");
+        w.line("sg_vec v = {{0.0f, 0.0f, 0.0f, 0.0f}};");
+        w.line("if (n0 + n < COUT_G && c0 + c < CIN_G) v = *reinterpret_cast<const sg_vec*>(w + (((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c);");
+        w.line("*reinterpret_cast<sg_vec*>(ws + n * SK + c) = v;");
+        w.close("");
+    } else {
+        w.open("for (int e = tid; e < BM * BK; e += THREADS)");
+        w.line("const int r = e / BK;");
+        w.line("const int c = e % BK;");
+        w.line("const int i = in_row[r];");
+        w.line("xs[r * SK + c] = (i >= 0 && c0 + c < CIN_G) ? x[(long long)i * CIN + group * CIN_G + c0 + c] : 0.0f;");
+        w.close("");
+        w.open("for (int e = tid; e < BN * BK; e += THREADS)");
+        w.line("const int n = e / BK;");
+        w.line("const int c = e % BK;");
+        w.line("ws[n * SK + c] = (n0 + n < COUT_G && c0 + c < CIN_G) ? w[(((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c] : 0.0f;");
+        w.close("");
+    }
+    w.line("__syncthreads();");
+    w.line("#pragma unroll");
+    w.open("for (int kk = 0; kk < BK; kk += 8)");
+    w.line("unsigned a[MT][4];");
+    w.line("unsigned b[NT][2];");
+    w.line("#pragma unroll");
+    w.open("for (int mt = 0; mt < MT; ++mt)");
+    w.line("const float* p = xs + (wm * WM + mt * 16 + gid) * SK + kk + tig;");
+    w.line("a[mt][0] = sg_tf32(p[0]);");
+    w.line("a[mt][1] = sg_tf32(p[8 * SK]);");
+    w.line("a[mt][2] = sg_tf32(p[4]);");
+    w.line("a[mt][3] = sg_tf32(p[8 * SK + 4]);");
+    w.close("");
+    w.line("#pragma unroll");
+    w.open("for (int nt = 0; nt < NT; ++nt)");
+    w.line("const float* q = ws + (wn * WN + nt * 8 + gid) * SK + kk + tig;");
+    w.line("b[nt][0] = sg_tf32(q[0]);");
+    w.line("b[nt][1] = sg_tf32(q[4]);");
+    w.close("");
+    w.line("#pragma unroll");
+    w.line("for (int mt = 0; mt < MT; ++mt)");
+    w.line("    for (int nt = 0; nt < NT; ++nt) sg_mma(acc[mt][nt], a[mt], b[nt]);");
+    w.close(""); // kk
+    w.close(""); // c0
+    w.close(""); // j
+    mma_epilogue(w, spec);
 }

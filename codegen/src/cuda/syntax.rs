@@ -155,6 +155,26 @@ pub fn mma_prelude(w: &mut CWriter, dtype: DType) {
     w.close("");
 }
 
+/// The TF32 tensor-core helpers: `sg_tf32(v)` (f32 → TF32 bits, round to nearest, ties
+/// away, as `cvt.rna.tf32.f32`) and `sg_mma(d, a, b)`, one `mma.sync.aligned.m16n8k8` with
+/// TF32 inputs and f32 accumulators. Fragments: a0 (row g, col t), a1 (g + 8, t),
+/// a2 (g, t + 4), a3 (g + 8, t + 4); b0 (row t, col g), b1 (t + 4, g); `g = lane / 4`,
+/// `t = lane % 4`.
+pub fn tf32_prelude(w: &mut CWriter) {
+    w.open("__device__ __forceinline__ unsigned sg_tf32(float v)");
+    w.line("unsigned r;");
+    w.line("asm(\"cvt.rna.tf32.f32 %0, %1;\" : \"=r\"(r) : \"f\"(v));");
+    w.line("return r;");
+    w.close("");
+    w.line("// d += a (16x8, row) * b (8x8, col): TF32 inputs, fp32 accumulators.");
+    w.open("__device__ __forceinline__ void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2])");
+    w.line("asm volatile(");
+    w.line("    \"mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\"");
+    w.line("    : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3])");
+    w.line("    : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b[0]), \"r\"(b[1]));");
+    w.close("");
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {

@@ -138,3 +138,18 @@ fn invalid_tiles_are_typed_errors() {
             .starts_with("layer subm3_k3x3x3_c16x16_f32: tile mma_m64n16k16_w4x1")
     );
 }
+
+#[test]
+fn snapshot_tf32_subm3_c64() {
+    let spec = layer("subm3_k3x3x3_c64x64_f32");
+    let sm = SmVersion(90);
+    let tile = tf32_candidates(&spec, sm)[0];
+    let k = conv_kernel(&spec, &tile, sm).unwrap();
+    assert!(
+        k.source
+            .contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")
+    );
+    insta::assert_snapshot!("tf32_subm3_c64", k.source);
+    assert!(tf32_candidates(&spec, SmVersion(75)).is_empty());
+    assert!(tf32_candidates(&layer("subm3_k3x3x3_c64x64_f16"), sm).is_empty());
+}

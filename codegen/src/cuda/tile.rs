@@ -66,6 +66,21 @@ pub enum ConvTile {
         /// Warps along the channels.
         warps_n: u32,
     },
+    /// Tensor-core `mma.sync.m16n8k8` on TF32 (f32 storage, inputs rounded to TF32's 10-bit
+    /// mantissa, f32 accumulation): faster than SIMT for f32 layers but not exact fp32, so
+    /// only used when the caller opts in.
+    MmaTf32 {
+        /// Output rows per block (BM), a multiple of `16 · warps_m`.
+        block_rows: u32,
+        /// Output channels per block (BN), a multiple of `8 · warps_n`.
+        block_cols: u32,
+        /// Input channels per shared-memory stage (BK), a multiple of 8.
+        depth: u32,
+        /// Warps along the rows.
+        warps_m: u32,
+        /// Warps along the channels.
+        warps_n: u32,
+    },
 }
 
 /// Why a tile cannot be generated for a layer.
@@ -79,8 +94,8 @@ pub enum TileError {
         /// What does not fit.
         reason: &'static str,
     },
-    /// Tensor-core tiles take f16 or bf16 layers only.
-    #[error("tile {tile}: tensor-core tiles need an f16 or bf16 layer, not {dtype}")]
+    /// Half tensor-core tiles take f16 or bf16 layers, TF32 tiles f32 layers.
+    #[error("tile {tile} does not compute in {dtype}")]
     MmaDType {
         /// The tile.
         tile: String,
@@ -113,6 +128,9 @@ impl ConvTile {
             } => (block_rows / thread_rows) * (block_cols / thread_cols),
             ConvTile::Mma {
                 warps_m, warps_n, ..
+            }
+            | ConvTile::MmaTf32 {
+                warps_m, warps_n, ..
             } => 32 * warps_m * warps_n,
         }
     }
@@ -120,21 +138,27 @@ impl ConvTile {
     /// Output rows per block.
     pub const fn block_rows(&self) -> u32 {
         match *self {
-            ConvTile::Simt { block_rows, .. } | ConvTile::Mma { block_rows, .. } => block_rows,
+            ConvTile::Simt { block_rows, .. }
+            | ConvTile::Mma { block_rows, .. }
+            | ConvTile::MmaTf32 { block_rows, .. } => block_rows,
         }
     }
 
     /// Output channels per block.
     pub const fn block_cols(&self) -> u32 {
         match *self {
-            ConvTile::Simt { block_cols, .. } | ConvTile::Mma { block_cols, .. } => block_cols,
+            ConvTile::Simt { block_cols, .. }
+            | ConvTile::Mma { block_cols, .. }
+            | ConvTile::MmaTf32 { block_cols, .. } => block_cols,
         }
     }
 
     /// Input channels per stage.
     pub const fn depth(&self) -> u32 {
         match *self {
-            ConvTile::Simt { depth, .. } | ConvTile::Mma { depth, .. } => depth,
+            ConvTile::Simt { depth, .. }
+            | ConvTile::Mma { depth, .. }
+            | ConvTile::MmaTf32 { depth, .. } => depth,
         }
     }
 
@@ -154,6 +178,12 @@ impl ConvTile {
                 depth,
                 ..
             } => 2 * (depth + MMA_ROW_PAD) * (block_rows + block_cols) + rows_index,
+            ConvTile::MmaTf32 {
+                block_rows,
+                block_cols,
+                depth,
+                ..
+            } => 4 * (depth + TF32_ROW_PAD) * (block_rows + block_cols) + rows_index,
         }
     }
 
@@ -174,6 +204,13 @@ impl ConvTile {
                 warps_m,
                 warps_n,
             } => format!("mma_m{block_rows}n{block_cols}k{depth}_w{warps_m}x{warps_n}"),
+            ConvTile::MmaTf32 {
+                block_rows,
+                block_cols,
+                depth,
+                warps_m,
+                warps_n,
+            } => format!("tf32_m{block_rows}n{block_cols}k{depth}_w{warps_m}x{warps_n}"),
         }
     }
 
@@ -232,6 +269,36 @@ impl ConvTile {
                     ));
                 }
             }
+            ConvTile::MmaTf32 {
+                block_rows,
+                block_cols,
+                depth,
+                warps_m,
+                warps_n,
+            } => {
+                if spec.dtype != DType::F32 {
+                    return Err(TileError::MmaDType {
+                        tile: self.suffix(),
+                        dtype: spec.dtype.name(),
+                    });
+                }
+                if !sm.has_mma_m16n8k16() {
+                    return Err(TileError::Arch {
+                        tile: self.suffix(),
+                        sm,
+                    });
+                }
+                if warps_m == 0
+                    || warps_n == 0
+                    || block_rows % (16 * warps_m) != 0
+                    || block_cols % (8 * warps_n) != 0
+                    || depth % 8 != 0
+                {
+                    return Err(shape(
+                        "rows per warp must be a multiple of 16, channels per warp of 8, depth of 8",
+                    ));
+                }
+            }
         }
         let threads = self.threads();
         if threads == 0 || threads > 1024 || !threads.is_multiple_of(32) {
@@ -245,6 +312,10 @@ impl ConvTile {
         Ok(())
     }
 }
+
+/// Padding (in f32 elements) added to each shared-memory row of a TF32 tile so the fragment
+/// loads of a warp hit distinct banks.
+pub const TF32_ROW_PAD: u32 = 4;
 
 /// Padding (in 16-bit elements) added to each shared-memory row of an MMA tile so the
 /// fragment loads of a warp hit distinct banks.
@@ -296,6 +367,26 @@ pub fn conv_candidates(spec: &LayerSpec, sm: SmVersion) -> Vec<ConvTile> {
             thread_cols,
         });
     }
+    out.retain(|t| t.check(spec, sm).is_ok());
+    out
+}
+
+/// TF32 tensor-core tiles for an f32 `spec` on `sm` (none before sm_80 or for half layers).
+/// Not among [`conv_candidates`]: TF32 rounds the inputs, so callers opt in.
+pub fn tf32_candidates(spec: &LayerSpec, sm: SmVersion) -> Vec<ConvTile> {
+    let block_cols = spec.out_per_group().next_power_of_two().clamp(8, 64);
+    let depth = if spec.in_per_group() > 8 { 16 } else { 8 };
+    let (warps_m, warps_n) = if block_cols >= 64 { (2, 2) } else { (4, 1) };
+    let mut out: Vec<ConvTile> = [64, 128]
+        .into_iter()
+        .map(|block_rows| ConvTile::MmaTf32 {
+            block_rows,
+            block_cols,
+            depth,
+            warps_m,
+            warps_n,
+        })
+        .collect();
     out.retain(|t| t.check(spec, sm).is_ok());
     out
 }

@@ -23,7 +23,7 @@ impl WeightLayout {
     pub const fn for_tile(tile: &ConvTile) -> Self {
         match tile {
             ConvTile::Simt { .. } => WeightLayout::GroupOffsetInOut,
-            ConvTile::Mma { .. } => WeightLayout::GroupOffsetOutIn,
+            ConvTile::Mma { .. } | ConvTile::MmaTf32 { .. } => WeightLayout::GroupOffsetOutIn,
         }
     }
 }

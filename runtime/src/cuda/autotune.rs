@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sparsegen_codegen::LayerSpec;
-use sparsegen_codegen::cuda::{ConvTile, SmVersion, conv_candidates};
+use sparsegen_codegen::cuda::{ConvTile, SmVersion, conv_candidates, tf32_candidates};
 
 use super::error::CudaError;
 
@@ -32,10 +32,16 @@ impl Variant {
     }
 }
 
-/// The variants worth timing for `spec` on `sm`: every output-stationary candidate tile, then
-/// gather-GEMM-scatter with the first SIMT tile.
-pub fn variants(spec: &LayerSpec, sm: SmVersion) -> Vec<Variant> {
-    let tiles = conv_candidates(spec, sm);
+/// The variants worth timing for `spec` on `sm`: with `allow_tf32`, the TF32 tensor-core tiles
+/// of an f32 layer first; every output-stationary candidate tile; then gather-GEMM-scatter
+/// with the first SIMT tile.
+pub fn variants(spec: &LayerSpec, sm: SmVersion, allow_tf32: bool) -> Vec<Variant> {
+    let mut tiles = if allow_tf32 {
+        tf32_candidates(spec, sm)
+    } else {
+        Vec::new()
+    };
+    tiles.extend(conv_candidates(spec, sm));
     let gather = tiles
         .iter()
         .copied()
@@ -160,6 +166,7 @@ pub fn fastest(timings: &[(Variant, f32)]) -> Option<(Variant, f32)> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use sparsegen_codegen::cuda::ConvTile;
     use sparsegen_codegen::{ConvKind, DType};
 
     #[test]
@@ -173,7 +180,7 @@ mod tests {
             .build()
             .unwrap();
         let sm = SmVersion(90);
-        let tiles = variants(&spec, sm);
+        let tiles = variants(&spec, sm, false);
         assert!(matches!(tiles.last(), Some(Variant::GatherScatter(_))));
         let key = TuningKey::new(sm, &spec, 100_000);
         assert_eq!(key, TuningKey::new(sm, &spec, 131_072));
@@ -192,7 +199,11 @@ mod tests {
             .channels(16, 16)
             .build()
             .unwrap();
-        let t = variants(&spec, SmVersion(90));
+        let t = variants(&spec, SmVersion(90), true);
+        assert!(matches!(
+            t[0],
+            Variant::Stationary(ConvTile::MmaTf32 { .. })
+        ));
         assert_eq!(fastest(&[(t[0], 1.0), (t[1], 1.0)]), Some((t[0], 1.0)));
         assert_eq!(fastest(&[(t[0], f32::NAN), (t[1], 2.0)]), Some((t[1], 2.0)));
         assert_eq!(fastest(&[]), None);

@@ -168,7 +168,7 @@ impl CudaBackend {
         input: &[f32],
     ) -> Result<(Variant, Option<Vec<f32>>), CudaError> {
         let spec = layer.spec();
-        let candidates = variants(spec, self.target);
+        let candidates = variants(spec, self.target, self.options.allow_tf32);
         let Some(&first) = candidates.first() else {
             return Err(CudaError::Shape {
                 layer: layer.name().to_string(),

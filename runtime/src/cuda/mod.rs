@@ -62,6 +62,9 @@ pub struct CudaOptions {
     pub autotune: bool,
     /// Write generated CUDA C here (default: the folder in [`DUMP_ENV`], if set).
     pub dump_dir: Option<PathBuf>,
+    /// Let f32 layers use TF32 tensor cores (sm_80+): faster, but inputs are rounded to a
+    /// 10-bit mantissa, so results are no longer exact fp32. Default: off.
+    pub allow_tf32: bool,
 }
 
 impl Default for CudaOptions {
@@ -72,6 +75,7 @@ impl Default for CudaOptions {
             cache_dir: default_cache_dir(),
             autotune: true,
             dump_dir: std::env::var_os(DUMP_ENV).map(PathBuf::from),
+            allow_tf32: false,
         }
     }
 }
