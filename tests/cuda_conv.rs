@@ -170,6 +170,26 @@ fn cuda_warm_start_compiles_nothing_and_tuning_persists() {
 }
 
 #[test]
+fn cuda_out_of_memory_is_a_typed_error() {
+    let Some(cuda) = backend("cuda_out_of_memory") else {
+        return;
+    };
+    // 4 TiB: more than any GPU has.
+    match cuda.pool().take::<f32>(1 << 40, "a test buffer") {
+        Err(CudaError::OutOfMemory { what, bytes }) => {
+            assert_eq!(what, "a test buffer");
+            assert_eq!(bytes, 4 << 40);
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    // The backend still works afterwards.
+    let case = &cases(DType::F32)[0];
+    let layer = layer(case, 1);
+    let (rulebook, input) = rulebook_and_input(case, 2);
+    assert!(cuda.conv(&layer, &rulebook, &input).is_ok());
+}
+
+#[test]
 fn cuda_wrong_input_size_is_a_typed_error() {
     let Some(cuda) = backend("cuda_wrong_input_size") else {
         return;

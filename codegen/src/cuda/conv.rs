@@ -58,6 +58,18 @@ pub enum EmitError {
 
 /// Generates the conv kernel of `spec` with `tile` for `sm`. Pure and deterministic: the same
 /// arguments give byte-identical source.
+///
+/// ```
+/// use sparsegen_codegen::cuda::{SmVersion, conv_candidates, conv_kernel};
+/// use sparsegen_codegen::{ConvKind, LayerSpec};
+/// let spec = LayerSpec::builder(ConvKind::Submanifold, 3).channels(16, 32).build()?;
+/// let sm = SmVersion(90);
+/// let tile = conv_candidates(&spec, sm)[0];
+/// let kernel = conv_kernel(&spec, &tile, sm)?;
+/// assert_eq!(kernel.entry, "subm3_k3x3x3_c16x32_f32_simt_m64n32k16_t4x4");
+/// assert!(kernel.source.contains("constexpr int CIN = 16;"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn conv_kernel(
     spec: &LayerSpec,
     tile: &ConvTile,

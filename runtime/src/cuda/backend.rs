@@ -30,12 +30,16 @@ use super::launch::{
 };
 use super::nvrtc::{Nvrtc, parse_arch};
 use super::plan::{TilePlan, conv_grid};
+use super::plan_cache::{DevicePairs, DevicePlan, DeviceTiles, PlanCache, PlanKey, PlanKind};
 use super::pool::{DevicePool, PooledBuffer};
 use super::timer::GpuTimer;
 
 /// Below this fraction of useful products in output-stationary tiles (see
 /// [`TilePlan::efficiency`]), the untuned backend runs gather-GEMM-scatter instead.
 pub const GATHER_BELOW_EFFICIENCY: f64 = 0.3;
+
+/// Launch plans kept in device memory (see [`PlanCache`]).
+pub const PLAN_CACHE_ENTRIES: usize = 64;
 
 /// Timed launches per candidate when autotuning (after one warm-up launch).
 const TUNING_RUNS: usize = 3;
@@ -51,6 +55,7 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<(u64, usize), Arc<CudaModule>>>,
     pool: DevicePool,
     tuning: Mutex<TuningTable>,
+    plans: PlanCache,
 }
 
 /// The result of one launch.
@@ -92,6 +97,7 @@ impl CudaBackend {
             modules: Mutex::new(HashMap::new()),
             pool,
             tuning: Mutex::new(tuning),
+            plans: PlanCache::new(PLAN_CACHE_ENTRIES),
         })
     }
 
@@ -103,6 +109,11 @@ impl CudaBackend {
     /// The architecture kernels are compiled for.
     pub fn target(&self) -> SmVersion {
         self.target
+    }
+
+    /// The device buffer pool.
+    pub fn pool(&self) -> &DevicePool {
+        &self.pool
     }
 
     /// The kernel cache (its stats tell whether a run compiled anything).
@@ -179,12 +190,12 @@ impl CudaBackend {
             let Variant::Stationary(tile) = first else {
                 return Ok((first, None));
             };
-            let plan = TilePlan::build(rulebook, tile.block_rows() as usize, layer.name())?;
+            let plan = self.tiles(rulebook, tile.block_rows() as usize, layer.name())?;
             let gather = candidates
                 .iter()
                 .find(|v| matches!(v, Variant::GatherScatter(_)));
             return Ok(match gather {
-                Some(&g) if plan.efficiency(rulebook) < GATHER_BELOW_EFFICIENCY => (g, None),
+                Some(&g) if plan.efficiency < GATHER_BELOW_EFFICIENCY => (g, None),
                 _ => (first, None),
             });
         }
@@ -295,16 +306,7 @@ impl CudaBackend {
         if epilogue_blocks as u64 > i32::MAX as u64 {
             return Err(too_large("output elements / 256", epilogue_blocks));
         }
-        let lists = rulebook.pair_lists();
-        let mut starts = Vec::with_capacity(lists.len() + 1);
-        let mut pair_in = Vec::with_capacity(rulebook.n_pairs());
-        let mut pair_out = Vec::with_capacity(rulebook.n_pairs());
-        starts.push(0usize);
-        for (ins, outs) in &lists {
-            pair_in.extend(ins.iter().map(|&i| i as i32));
-            pair_out.extend(outs.iter().map(|&o| o as i32));
-            starts.push(pair_in.len());
-        }
+        let pairs = self.pairs(rulebook)?;
         let packed =
             pack_weights(spec, kernels.weight_layout, layer.weight()).ok_or_else(|| {
                 CudaError::Shape {
@@ -319,8 +321,6 @@ impl CudaBackend {
         let x = pool.upload(&x_host, "input features")?;
         let w = pool.upload(&w_host, "weights")?;
         let bias = pool.upload(&bias_host, "bias")?;
-        let d_in = pool.upload(&pair_in, "pair input rows")?;
-        let d_out = pool.upload(&pair_out, "pair output rows")?;
         let mut acc = pool.take::<f32>(n_out * cout, "f32 accumulator")?;
         let mut y = pool.take::<S>(n_out * cout, "output features")?;
         let stream = self.device.stream();
@@ -333,7 +333,7 @@ impl CudaBackend {
             ))?;
         let tile = kernels.tile;
         let timer = GpuTimer::start(stream)?;
-        for (k, range) in starts.windows(2).enumerate() {
+        for (k, range) in pairs.starts.windows(2).enumerate() {
             let n_pairs = range[1] - range[0];
             if n_pairs == 0 {
                 continue;
@@ -353,8 +353,8 @@ impl CudaBackend {
                 GatherArgs {
                     x: x.view(),
                     w: w.view(),
-                    pair_in: d_in.view().slice(range[0]..range[1]),
-                    pair_out: d_out.view().slice(range[0]..range[1]),
+                    pair_in: pairs.pair_in.slice(range[0]..range[1]),
+                    pair_out: pairs.pair_out.slice(range[0]..range[1]),
                     n_pairs: n_pairs as i32,
                     k: k as i32,
                     acc: acc.view_mut(),
@@ -396,6 +396,76 @@ impl CudaBackend {
             source,
         })?;
         Ok(host.into_iter().map(decode).collect())
+    }
+
+    /// The output-stationary plan of `rulebook` in tiles of `block_rows`, from the plan cache
+    /// or built (host sort by offset mask) and uploaded once.
+    fn tiles(
+        &self,
+        rulebook: &Rulebook,
+        block_rows: usize,
+        name: &str,
+    ) -> Result<Arc<DeviceTiles>, CudaError> {
+        let key = PlanKey::new(rulebook, PlanKind::Tiles(block_rows));
+        let plan = self.plans.get_or_build(key, || {
+            let plan = TilePlan::build(rulebook, block_rows, name)?;
+            let stream = self.device.stream();
+            let upload = |host: &[i32], what: &'static str| {
+                stream.clone_htod(host).map_err(CudaError::driver(
+                    "cuMemcpyHtoD",
+                    what,
+                    host.len() * 4,
+                ))
+            };
+            Ok(DevicePlan::Tiles(Arc::new(DeviceTiles {
+                tiles: plan.tiles(),
+                efficiency: plan.efficiency(rulebook),
+                nbr: upload(rulebook.neighbors(), "neighbour table")?,
+                order: upload(&plan.order, "tile row order")?,
+                starts: upload(&plan.tile_offset_start, "tile offset starts")?,
+                offsets: upload(&plan.tile_offsets, "tile offsets")?,
+            })))
+        })?;
+        match plan {
+            DevicePlan::Tiles(tiles) => Ok(tiles),
+            // A `Tiles` key only ever stores a `Tiles` plan.
+            DevicePlan::Pairs(_) => unreachable!("plan cache keys decide the plan kind"),
+        }
+    }
+
+    /// The per-offset pair lists of `rulebook`, from the plan cache or uploaded once.
+    fn pairs(&self, rulebook: &Rulebook) -> Result<Arc<DevicePairs>, CudaError> {
+        let key = PlanKey::new(rulebook, PlanKind::Pairs);
+        let plan = self.plans.get_or_build(key, || {
+            let lists = rulebook.pair_lists();
+            let mut starts = Vec::with_capacity(lists.len() + 1);
+            let mut pair_in = Vec::with_capacity(rulebook.n_pairs());
+            let mut pair_out = Vec::with_capacity(rulebook.n_pairs());
+            starts.push(0usize);
+            for (ins, outs) in &lists {
+                pair_in.extend(ins.iter().map(|&i| i as i32));
+                pair_out.extend(outs.iter().map(|&o| o as i32));
+                starts.push(pair_in.len());
+            }
+            let stream = self.device.stream();
+            let upload = |host: &[i32], what: &'static str| {
+                stream.clone_htod(host).map_err(CudaError::driver(
+                    "cuMemcpyHtoD",
+                    what,
+                    host.len() * 4,
+                ))
+            };
+            Ok(DevicePlan::Pairs(Arc::new(DevicePairs {
+                starts,
+                pair_in: upload(&pair_in, "pair input rows")?,
+                pair_out: upload(&pair_out, "pair output rows")?,
+            })))
+        })?;
+        match plan {
+            DevicePlan::Pairs(pairs) => Ok(pairs),
+            // A `Pairs` key only ever stores a `Pairs` plan.
+            DevicePlan::Tiles(_) => unreachable!("plan cache keys decide the plan kind"),
+        }
     }
 
     fn check_shapes(
@@ -463,9 +533,9 @@ impl CudaBackend {
         let name = layer.name();
         let cout = spec.out_channels as usize;
         let function = self.function(kernel)?;
-        let plan = TilePlan::build(rulebook, kernel.tile.block_rows() as usize, name)?;
+        let plan = self.tiles(rulebook, kernel.tile.block_rows() as usize, name)?;
         let grid = conv_grid(
-            plan.tiles(),
+            plan.tiles,
             spec.out_per_group(),
             kernel.tile.block_cols(),
             spec.groups,
@@ -484,10 +554,6 @@ impl CudaBackend {
         let x = pool.upload(&x_host, "input features")?;
         let w = pool.upload(&w_host, "weights")?;
         let bias = pool.upload(&bias_host, "bias")?;
-        let nbr = pool.upload(rulebook.neighbors(), "neighbour table")?;
-        let order = pool.upload(&plan.order, "tile row order")?;
-        let starts = pool.upload(&plan.tile_offset_start, "tile offset starts")?;
-        let offsets = pool.upload(&plan.tile_offsets, "tile offsets")?;
         let n_out = rulebook.n_out();
         let mut y = pool.take::<S>(n_out * cout, "output features")?;
         let stream = self.device.stream();
@@ -501,10 +567,10 @@ impl CudaBackend {
                 x: x.view(),
                 w: w.view(),
                 bias: bias.view(),
-                nbr: nbr.view(),
-                order: order.view(),
-                tile_offset_start: starts.view(),
-                tile_offsets: offsets.view(),
+                nbr: plan.nbr.as_view(),
+                order: plan.order.as_view(),
+                tile_offset_start: plan.starts.as_view(),
+                tile_offsets: plan.offsets.as_view(),
                 y: y.view_mut(),
                 n_out: n_out as i32,
             },

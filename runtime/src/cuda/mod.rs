@@ -3,7 +3,8 @@
 //!
 //! What this module owns: loading the driver and NVRTC ([`device`], [`nvrtc`]; both loaded
 //! with `dlopen`, so the same binary runs without CUDA and reports a typed [`CudaError`]),
-//! the kernel cache ([`kernel_cache`]), the host-side launch plan ([`plan`]), device buffers
+//! the kernel cache ([`kernel_cache`]), the host-side launch plan ([`plan`]) and its device
+//! copies ([`plan_cache`]), device buffers
 //! ([`pool`]), launches ([`launch`]), rulebooks built on the device ([`rulebook_gpu`]), timing ([`timer`]), tile autotuning ([`autotune`]) and
 //! the [`CudaBackend`] that ties them into a [`ConvBackend`](crate::ConvBackend). What it
 //! must not do: write CUDA C (the codegen crate's `cuda` module does) or decide semantics (the
@@ -29,6 +30,7 @@ pub mod kernel_cache;
 pub mod launch;
 pub mod nvrtc;
 pub mod plan;
+pub mod plan_cache;
 pub mod pool;
 pub mod rulebook_gpu;
 pub mod timer;
