@@ -55,6 +55,22 @@ static unsigned sg_frag_a[32][32][4];
 static unsigned sg_frag_b[32][32][2];
 "#;
 
+/// File input of every harness (prepended to each `main`).
+const HARNESS_IO: &str = r#"
+template <class T> static std::vector<T> sg_read(const std::string& path) {
+    std::vector<T> v;
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) { std::perror(path.c_str()); std::exit(2); }
+    std::fseek(f, 0, SEEK_END);
+    long n = std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    v.resize(n / sizeof(T));
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
+    std::fclose(f);
+    return v;
+}
+"#;
+
 const F16_HOST: &str = r#"typedef unsigned short sg_t;
 static inline float sg_load(sg_t h) {
     unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
@@ -143,19 +159,7 @@ static void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
 
 fn harness_main(entry: &str) -> String {
     format!(
-        r#"
-template <class T> static std::vector<T> sg_read(const std::string& path) {{
-    std::vector<T> v;
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
-    std::fseek(f, 0, SEEK_END);
-    long n = std::ftell(f);
-    std::fseek(f, 0, SEEK_SET);
-    v.resize(n / sizeof(T));
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
-    std::fclose(f);
-    return v;
-}}
+        r#"{HARNESS_IO}
 int main(int argc, char** argv) {{
     if (argc != 8) return 4;
     const std::string dir = argv[1];
@@ -514,19 +518,7 @@ fn rulebook_main(kernels: &RulebookKernels) -> String {
         "    out = has_out_sites ? sg_read<int>(dir + \"/out_sites.bin\") : in;\n".to_string()
     };
     format!(
-        r#"
-template <class T> static std::vector<T> sg_read(const std::string& path) {{
-    std::vector<T> v;
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
-    std::fseek(f, 0, SEEK_END);
-    long n = std::ftell(f);
-    std::fseek(f, 0, SEEK_SET);
-    v.resize(n / sizeof(T));
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
-    std::fclose(f);
-    return v;
-}}
+        r#"{HARNESS_IO}
 template <class T> static void sg_write(const std::string& path, const std::vector<T>& v) {{
     FILE* f = std::fopen(path.c_str(), "wb");
     if (!f || std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) std::exit(5);
@@ -685,19 +677,7 @@ fn gather_main(kernels: &GatherKernels) -> String {
     let gemm = &kernels.gemm_entry;
     let epilogue = &kernels.epilogue_entry;
     format!(
-        r#"
-template <class T> static std::vector<T> sg_read(const std::string& path) {{
-    std::vector<T> v;
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) {{ std::perror(path.c_str()); std::exit(2); }}
-    std::fseek(f, 0, SEEK_END);
-    long n = std::ftell(f);
-    std::fseek(f, 0, SEEK_SET);
-    v.resize(n / sizeof(T));
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(3);
-    std::fclose(f);
-    return v;
-}}
+        r#"{HARNESS_IO}
 // One launch: `threads` OS threads run every block in turn, with a barrier between blocks.
 template <class F> static void sg_run_blocks(unsigned gx, unsigned gy, unsigned gz, unsigned threads, F f) {{
     std::barrier<> bar(threads);

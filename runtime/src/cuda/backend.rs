@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use sparsegen_codegen::DType;
 use sparsegen_codegen::cuda::{
@@ -409,14 +409,7 @@ impl CudaBackend {
         let key = PlanKey::new(rulebook, PlanKind::Tiles(block_rows));
         let plan = self.plans.get_or_build(key, || {
             let plan = TilePlan::build(rulebook, block_rows, name)?;
-            let stream = self.device.stream();
-            let upload = |host: &[i32], what: &'static str| {
-                stream.clone_htod(host).map_err(CudaError::driver(
-                    "cuMemcpyHtoD",
-                    what,
-                    host.len() * 4,
-                ))
-            };
+            let upload = |host: &[i32], what| self.upload_owned(host, what);
             Ok(DevicePlan::Tiles(Arc::new(DeviceTiles {
                 tiles: plan.tiles(),
                 efficiency: plan.efficiency(rulebook),
@@ -447,14 +440,7 @@ impl CudaBackend {
                 pair_out.extend(outs.iter().map(|&o| o as i32));
                 starts.push(pair_in.len());
             }
-            let stream = self.device.stream();
-            let upload = |host: &[i32], what: &'static str| {
-                stream.clone_htod(host).map_err(CudaError::driver(
-                    "cuMemcpyHtoD",
-                    what,
-                    host.len() * 4,
-                ))
-            };
+            let upload = |host: &[i32], what| self.upload_owned(host, what);
             Ok(DevicePlan::Pairs(Arc::new(DevicePairs {
                 starts,
                 pair_in: upload(&pair_in, "pair input rows")?,
@@ -466,6 +452,18 @@ impl CudaBackend {
             // A `Pairs` key only ever stores a `Pairs` plan.
             DevicePlan::Tiles(_) => unreachable!("plan cache keys decide the plan kind"),
         }
+    }
+
+    /// A device copy of `host` outside the pool (for buffers the plan cache owns).
+    fn upload_owned(&self, host: &[i32], what: &'static str) -> Result<CudaSlice<i32>, CudaError> {
+        self.device
+            .stream()
+            .clone_htod(host)
+            .map_err(CudaError::driver(
+                "cuMemcpyHtoD",
+                what,
+                std::mem::size_of_val(host),
+            ))
     }
 
     fn check_shapes(
