@@ -10,6 +10,20 @@
 //! must not do: write CUDA C (the codegen crate's `cuda` module does) or decide semantics (the
 //! rulebook and the reference executor do).
 //!
+//! Status (2026-11): everything here is built and tested without a GPU — the generated
+//! kernels compile with NVRTC 13.0 for sm_75/80/90 (`tests/cuda_nvrtc.rs`) and run correctly
+//! in a CPU emulation of the GPU (`tests/cuda_emulated.rs`, against the reference executor and
+//! spconv's dumps) — but no launch through this module has run on a GPU yet. On a machine with
+//! one, run the GPU tests first:
+//!
+//! ```text
+//! SPARSEGEN_REQUIRE_GPU=1 cargo test --release cuda -- --nocapture
+//! ```
+//!
+//! (`tests/cuda_conv.rs`: every kind/dtype/dataflow/tile against the reference with bitwise
+//! repeatability, spconv's conformance dumps, the device rulebook against the host one, warm
+//! start, tuning table, typed errors; kernel times are printed.)
+//!
 //! ```
 //! use sparsegen_runtime::cuda::{CudaBackend, CudaError, CudaOptions};
 //! match CudaBackend::new(CudaOptions::default()) {
