@@ -21,8 +21,8 @@ use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_i
 use sparsegen::codegen::DType;
 use sparsegen::codegen::cuda::{
     CWriter, ConvKernel, ConvTile, GatherKernels, RulebookKernels, SmVersion, conv_candidates,
-    conv_kernel, dtype_prelude, gather_kernels, mma_prelude, pack_weights, rulebook_kernels,
-    tf32_candidates, tf32_prelude,
+    conv_kernel, cp_async_prelude, dtype_prelude, gather_kernels, mma_prelude, pack_weights,
+    rulebook_kernels, tf32_candidates, tf32_prelude,
 };
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
@@ -122,6 +122,14 @@ static void sg_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]
 }
 "#;
 
+const CP_ASYNC_HOST: &str = r#"// Host cp.async: a synchronous copy (or zero fill); groups complete at once.
+static inline void sg_cp_async16(void* smem, const void* gmem, bool valid) {
+    if (valid) std::memcpy(smem, gmem, 16); else std::memset(smem, 0, 16);
+}
+static inline void sg_cp_commit() {}
+static inline void sg_cp_wait_one() {}
+"#;
+
 const TF32_HOST: &str = r#"// Host emulation of cvt.rna.tf32.f32 and mma.sync.m16n8k8 (TF32), fragments exchanged
 // through statics between two block barriers like the f16 emulation.
 static inline unsigned sg_tf32(float v) {
@@ -219,6 +227,11 @@ fn host_source(kernel: &ConvKernel) -> String {
         let device = w.finish();
         assert!(source.contains(&device));
         source = source.replace(&device, MMA_HOST);
+        let mut w = CWriter::new();
+        cp_async_prelude(&mut w);
+        let device = w.finish();
+        assert!(source.contains(&device));
+        source = source.replace(&device, CP_ASYNC_HOST);
     }
     if matches!(kernel.tile, ConvTile::MmaTf32 { .. }) {
         let mut w = CWriter::new();

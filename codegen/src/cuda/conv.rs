@@ -19,7 +19,9 @@ use std::fmt::Write as _;
 use crate::spec::{Activation, LayerSpec, SpecError};
 
 use super::params::{CONV_PARAMS, CParam, KernelParam};
-use super::syntax::{CWriter, FloatLit, dtype_prelude, mma_prelude, tf32_prelude};
+use super::syntax::{
+    CWriter, FloatLit, cp_async_prelude, dtype_prelude, mma_prelude, tf32_prelude,
+};
 use super::tile::{ConvTile, MMA_ROW_PAD, SmVersion, TF32_ROW_PAD, TileError};
 use super::weights::WeightLayout;
 
@@ -85,7 +87,10 @@ pub fn conv_kernel(
     header(&mut w, spec, tile);
     dtype_prelude(&mut w, spec.dtype);
     match tile {
-        ConvTile::Mma { .. } => mma_prelude(&mut w, spec.dtype),
+        ConvTile::Mma { .. } => {
+            mma_prelude(&mut w, spec.dtype);
+            cp_async_prelude(&mut w);
+        }
         ConvTile::MmaTf32 { .. } => tf32_prelude(&mut w),
         ConvTile::Simt { .. } => {}
     }
@@ -326,12 +331,38 @@ fn simt_body(w: &mut CWriter, spec: &LayerSpec) {
 }
 
 fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
-    // 16-byte vector loads need every row start and group base to be 8-element aligned.
-    let vector = spec.in_channels.is_multiple_of(8) && spec.in_per_group().is_multiple_of(8);
-    w.line("struct alignas(16) sg_vec { unsigned v[4]; };");
+    // 16-byte copies need every row start and group base to be 8-element aligned.
+    if spec.in_channels.is_multiple_of(8) && spec.in_per_group().is_multiple_of(8) {
+        return mma_pipelined_body(w, spec);
+    }
     w.line("alignas(16) __shared__ sg_t xs[BM * SK];");
     w.line("alignas(16) __shared__ sg_t ws[BN * SK];");
     rows_and_offset_loop(w);
+    mma_warp_setup(w);
+    offset_loop_open(w);
+    w.open("for (int e = tid; e < BM * BK; e += THREADS)");
+    w.line("const int r = e / BK;");
+    w.line("const int c = e % BK;");
+    w.line("const int i = in_row[r];");
+    w.line("sg_t v = 0;");
+    w.line("if (i >= 0 && c0 + c < CIN_G) v = x[(long long)i * CIN + group * CIN_G + c0 + c];");
+    w.line("xs[r * SK + c] = v;");
+    w.close("");
+    w.open("for (int e = tid; e < BN * BK; e += THREADS)");
+    w.line("const int n = e / BK;");
+    w.line("const int c = e % BK;");
+    w.line("sg_t v = 0;");
+    w.line("if (n0 + n < COUT_G && c0 + c < CIN_G) v = w[(((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c];");
+    w.line("ws[n * SK + c] = v;");
+    w.close("");
+    w.line("__syncthreads();");
+    mma_fragments(w, "xs", "ws");
+    w.close(""); // c0
+    w.close(""); // j
+    mma_epilogue(w, spec);
+}
+
+fn mma_warp_setup(w: &mut CWriter) {
     w.line("const int warp = tid / 32;");
     w.line("const int lane = tid % 32;");
     w.line("const int wm = warp / WARPS_N;");
@@ -343,49 +374,19 @@ fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     w.line("for (int mt = 0; mt < MT; ++mt)");
     w.line("    for (int nt = 0; nt < NT; ++nt)");
     w.line("        for (int q = 0; q < 4; ++q) acc[mt][nt][q] = 0.0f;");
-    offset_loop_open(w);
-    if vector {
-        w.line("// Cin and Cin/groups are multiples of 8: 16-byte loads.");
-        w.open("for (int e = tid; e < BM * (BK / 8); e += THREADS)");
-        w.line("const int r = e / (BK / 8);");
-        w.line("const int c = (e % (BK / 8)) * 8;");
-        w.line("const int i = in_row[r];");
-        w.line("sg_vec v = {{0u, 0u, 0u, 0u}};");
-        w.line("if (i >= 0 && c0 + c < CIN_G) v = *reinterpret_cast<const sg_vec*>(x + (long long)i * CIN + group * CIN_G + c0 + c);");
-        w.line("*reinterpret_cast<sg_vec*>(xs + r * SK + c) = v;");
-        w.close("");
-        w.open("for (int e = tid; e < BN * (BK / 8); e += THREADS)");
-        w.line("const int n = e / (BK / 8);");
-        w.line("const int c = (e % (BK / 8)) * 8;");
-        w.line("sg_vec v = {{0u, 0u, 0u, 0u}};");
-        w.line("if (n0 + n < COUT_G && c0 + c < CIN_G) v = *reinterpret_cast<const sg_vec*>(w + (((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c);");
-        w.line("*reinterpret_cast<sg_vec*>(ws + n * SK + c) = v;");
-        w.close("");
-    } else {
-        w.open("for (int e = tid; e < BM * BK; e += THREADS)");
-        w.line("const int r = e / BK;");
-        w.line("const int c = e % BK;");
-        w.line("const int i = in_row[r];");
-        w.line("sg_t v = 0;");
-        w.line("if (i >= 0 && c0 + c < CIN_G) v = x[(long long)i * CIN + group * CIN_G + c0 + c];");
-        w.line("xs[r * SK + c] = v;");
-        w.close("");
-        w.open("for (int e = tid; e < BN * BK; e += THREADS)");
-        w.line("const int n = e / BK;");
-        w.line("const int c = e % BK;");
-        w.line("sg_t v = 0;");
-        w.line("if (n0 + n < COUT_G && c0 + c < CIN_G) v = w[(((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c];");
-        w.line("ws[n * SK + c] = v;");
-        w.close("");
-    }
-    w.line("__syncthreads();");
+}
+
+/// One stage of `mma.sync` over the `xs` / `ws` stage buffers (fragment loads per the PTX ISA).
+fn mma_fragments(w: &mut CWriter, xs: &str, ws: &str) {
     w.line("#pragma unroll");
     w.open("for (int kk = 0; kk < BK; kk += 16)");
     w.line("unsigned a[MT][4];");
     w.line("unsigned b[NT][2];");
     w.line("#pragma unroll");
     w.open("for (int mt = 0; mt < MT; ++mt)");
-    w.line("const sg_t* p = xs + (wm * WM + mt * 16 + gid) * SK + kk + tig * 2;");
+    w.line(format_args!(
+        "const sg_t* p = {xs} + (wm * WM + mt * 16 + gid) * SK + kk + tig * 2;"
+    ));
     w.line("a[mt][0] = *reinterpret_cast<const unsigned*>(p);");
     w.line("a[mt][1] = *reinterpret_cast<const unsigned*>(p + 8 * SK);");
     w.line("a[mt][2] = *reinterpret_cast<const unsigned*>(p + 8);");
@@ -393,16 +394,72 @@ fn mma_body(w: &mut CWriter, spec: &LayerSpec) {
     w.close("");
     w.line("#pragma unroll");
     w.open("for (int nt = 0; nt < NT; ++nt)");
-    w.line("const sg_t* q = ws + (wn * WN + nt * 8 + gid) * SK + kk + tig * 2;");
+    w.line(format_args!(
+        "const sg_t* q = {ws} + (wn * WN + nt * 8 + gid) * SK + kk + tig * 2;"
+    ));
     w.line("b[nt][0] = *reinterpret_cast<const unsigned*>(q);");
     w.line("b[nt][1] = *reinterpret_cast<const unsigned*>(q + 8);");
     w.close("");
     w.line("#pragma unroll");
     w.line("for (int mt = 0; mt < MT; ++mt)");
     w.line("    for (int nt = 0; nt < NT; ++nt) sg_mma(acc[mt][nt], a[mt], b[nt]);");
-    w.close(""); // kk
-    w.close(""); // c0
-    w.close(""); // j
+    w.close("");
+}
+
+/// The MMA body for aligned channels: the (offset, channel chunk) stages of a tile are one
+/// sequence, and stage `s + 1` is copied with `cp.async` (zero-filled where a row has no
+/// neighbour) into the other of two shared buffers while stage `s` is multiplied.
+fn mma_pipelined_body(w: &mut CWriter, spec: &LayerSpec) {
+    let _ = spec;
+    w.line("constexpr int CHUNKS = (CIN_G + BK - 1) / BK;");
+    w.line("alignas(16) __shared__ sg_t xs[2][BM * SK];");
+    w.line("alignas(16) __shared__ sg_t ws[2][BN * SK];");
+    w.line("__shared__ int out_row[BM];");
+    w.line("const int tid = threadIdx.x;");
+    w.line("const long long tile = blockIdx.x;");
+    w.line("const int n0 = blockIdx.y * BN;");
+    w.line("const int group = blockIdx.z;");
+    w.open("for (int r = tid; r < BM; r += THREADS)");
+    w.line("const long long p = tile * BM + r;");
+    w.line("out_row[r] = p < n_out ? order[p] : -1;");
+    w.close("");
+    w.line("__syncthreads();");
+    mma_warp_setup(w);
+    w.line("const int j_begin = tile_offset_start[tile];");
+    w.line("const int stages = (tile_offset_start[tile + 1] - j_begin) * CHUNKS;");
+    w.line("// Issues the copies of stage s into buffer b (one commit group per stage).");
+    w.open("auto load_stage = [&](int s, int b)");
+    w.line("const int k = tile_offsets[j_begin + s / CHUNKS];");
+    w.line("const int c0 = (s % CHUNKS) * BK;");
+    w.open("for (int e = tid; e < BM * (BK / 8); e += THREADS)");
+    w.line("const int r = e / (BK / 8);");
+    w.line("const int c = (e % (BK / 8)) * 8;");
+    w.line("const int o = out_row[r];");
+    w.line("const int i = o < 0 ? -1 : nbr[(long long)o * K + k];");
+    w.line("const bool valid = i >= 0 && c0 + c < CIN_G;");
+    w.line("sg_cp_async16(&xs[b][r * SK + c], valid ? x + (long long)i * CIN + group * CIN_G + c0 + c : x, valid);");
+    w.close("");
+    w.open("for (int e = tid; e < BN * (BK / 8); e += THREADS)");
+    w.line("const int n = e / (BK / 8);");
+    w.line("const int c = (e % (BK / 8)) * 8;");
+    w.line("const bool valid = n0 + n < COUT_G && c0 + c < CIN_G;");
+    w.line("sg_cp_async16(&ws[b][n * SK + c], valid ? w + (((long long)group * K + k) * COUT_G + n0 + n) * CIN_G + c0 + c : w, valid);");
+    w.close("");
+    w.close(";");
+    w.open("if (stages > 0)");
+    w.line("load_stage(0, 0);");
+    w.close("");
+    w.line("sg_cp_commit();");
+    w.open("for (int s = 0; s < stages; ++s)");
+    w.line("if (s + 1 < stages) load_stage(s + 1, (s + 1) & 1);");
+    w.line("sg_cp_commit();");
+    w.line("sg_cp_wait_one();  // every group but the newest is done: stage s has landed");
+    w.line("__syncthreads();");
+    w.line("const sg_t* xb = xs[s & 1];");
+    w.line("const sg_t* wb = ws[s & 1];");
+    mma_fragments(w, "xb", "wb");
+    w.line("__syncthreads();  // stage s is consumed before its buffer is refilled");
+    w.close("");
     mma_epilogue(w, spec);
 }
 

@@ -31,7 +31,9 @@ pub use params::{
     CONV_PARAMS, CParam, EPILOGUE_PARAMS, Elem, GATHER_PARAMS, KernelParam, ParamType,
 };
 pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
-pub use syntax::{CWriter, FloatLit, StorageType, dtype_prelude, mma_prelude, tf32_prelude};
+pub use syntax::{
+    CWriter, FloatLit, StorageType, cp_async_prelude, dtype_prelude, mma_prelude, tf32_prelude,
+};
 pub use tile::{
     ConvTile, MMA_ROW_PAD, SmVersion, TF32_ROW_PAD, TileError, conv_candidates, tf32_candidates,
 };

@@ -155,6 +155,22 @@ pub fn mma_prelude(w: &mut CWriter, dtype: DType) {
     w.close("");
 }
 
+/// The `cp.async` helpers (sm_80+): `sg_cp_async16(smem, gmem, valid)` copies 16 bytes from
+/// global to shared memory without passing through registers, or writes 16 zero bytes when
+/// `valid` is false (`src-size` 0); `sg_cp_commit()` closes a group of copies;
+/// `sg_cp_wait_one()` waits until at most one group is still in flight.
+pub fn cp_async_prelude(w: &mut CWriter) {
+    w.open(
+        "__device__ __forceinline__ void sg_cp_async16(void* smem, const void* gmem, bool valid)",
+    );
+    w.line("unsigned s;");
+    w.line("asm(\"{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }\" : \"=r\"(s) : \"l\"(smem));");
+    w.line("asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16, %2;\" :: \"r\"(s), \"l\"(gmem), \"r\"(valid ? 16 : 0));");
+    w.close("");
+    w.line("__device__ __forceinline__ void sg_cp_commit() { asm volatile(\"cp.async.commit_group;\" ::); }");
+    w.line("__device__ __forceinline__ void sg_cp_wait_one() { asm volatile(\"cp.async.wait_group 1;\" ::: \"memory\"); }");
+}
+
 /// The TF32 tensor-core helpers: `sg_tf32(v)` (f32 → TF32 bits, round to nearest, ties
 /// away, as `cvt.rna.tf32.f32`) and `sg_mma(d, a, b)`, one `mma.sync.aligned.m16n8k8` with
 /// TF32 inputs and f32 accumulators. Fragments: a0 (row g, col t), a1 (g + 8, t),

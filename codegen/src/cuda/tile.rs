@@ -162,7 +162,7 @@ impl ConvTile {
         }
     }
 
-    /// Static shared memory the generated kernel declares, in bytes.
+    /// Static shared memory the generated kernel declares, in bytes (at most).
     pub const fn shared_bytes(&self) -> u32 {
         let rows_index = 2 * 4 * self.block_rows();
         match *self {
@@ -177,7 +177,8 @@ impl ConvTile {
                 block_cols,
                 depth,
                 ..
-            } => 2 * (depth + MMA_ROW_PAD) * (block_rows + block_cols) + rows_index,
+                // Two stages (the cp.async pipeline of aligned layers).
+            } => 2 * 2 * (depth + MMA_ROW_PAD) * (block_rows + block_cols) + rows_index,
             ConvTile::MmaTf32 {
                 block_rows,
                 block_cols,
