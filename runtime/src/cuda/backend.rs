@@ -169,8 +169,9 @@ impl CudaBackend {
 
     /// How to run `layer` over `rulebook`: the stored tuning choice; else, with
     /// `options.autotune`, the fastest variant after timing each once (persisted); else a
-    /// heuristic: gather-GEMM-scatter when output-stationary tiles would waste more than
-    /// [`GATHER_BELOW_EFFICIENCY`] of their products on zeros, the first tile otherwise.
+    /// heuristic: for SIMT layers, gather-GEMM-scatter when output-stationary tiles would do
+    /// less than [`GATHER_BELOW_EFFICIENCY`] useful products per product; otherwise the first
+    /// candidate.
     /// Returns the output of the timing run when it had to time.
     pub fn choose_variant(
         &self,
@@ -187,7 +188,9 @@ impl CudaBackend {
             });
         };
         if !self.options.autotune {
-            let Variant::Stationary(tile) = first else {
+            // Only SIMT tiles compete with gather-GEMM-scatter (also SIMT) on wasted products;
+            // tensor-core tiles are worth their zeros.
+            let Variant::Stationary(tile @ ConvTile::Simt { .. }) = first else {
                 return Ok((first, None));
             };
             let plan = self.tiles(rulebook, tile.block_rows() as usize, layer.name())?;
