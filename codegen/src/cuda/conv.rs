@@ -410,7 +410,6 @@ fn mma_fragments(w: &mut CWriter, xs: &str, ws: &str) {
 /// sequence, and stage `s + 1` is copied with `cp.async` (zero-filled where a row has no
 /// neighbour) into the other of two shared buffers while stage `s` is multiplied.
 fn mma_pipelined_body(w: &mut CWriter, spec: &LayerSpec) {
-    let _ = spec;
     w.line("constexpr int CHUNKS = (CIN_G + BK - 1) / BK;");
     w.line("alignas(16) __shared__ sg_t xs[2][BM * SK];");
     w.line("alignas(16) __shared__ sg_t ws[2][BN * SK];");
