@@ -498,6 +498,7 @@ static inline unsigned long long atomicCAS(unsigned long long* p, unsigned long 
     return cmp;
 }
 static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -573,6 +574,25 @@ int main(int argc, char** argv) {{
     sg_write(dir + "/out_coords.bin", out);
     sg_write(dir + "/nbr.bin", nbr);
     sg_write(dir + "/masks.bin", masks);
+    // The conv launch plan from the masks, in tiles of 64 rows.
+    const int block_rows = 64;
+    long long plan_sort = 1;
+    while (plan_sort < n_out) plan_sort <<= 1;
+    std::vector<sg_key> pkeys(plan_sort, SG_EMPTY);
+    sg_launch(n_out, [&] {{ {p}_mask_keys(masks.data(), n_out, pkeys.data()); }});
+    for (long long k = 2; k <= plan_sort; k <<= 1)
+        for (long long j = k >> 1; j > 0; j >>= 1)
+            sg_launch(plan_sort, [&] {{ {p}_bitonic_step(pkeys.data(), plan_sort, j, k); }});
+    const int tiles = (n_out + block_rows - 1) / block_rows;
+    std::vector<int> order(n_out), tile_count(tiles), starts(tiles + 1, 0);
+    std::vector<unsigned> tile_union((size_t)tiles * SG_MASK_WORDS);
+    sg_launch(tiles, [&] {{ {p}_tile_masks(pkeys.data(), n_out, masks.data(), block_rows, tiles, order.data(), tile_union.data(), tile_count.data()); }});
+    for (int t = 0; t < tiles; ++t) starts[t + 1] = starts[t] + tile_count[t];
+    std::vector<int> offsets(starts[tiles]);
+    sg_launch(tiles, [&] {{ {p}_tile_offsets(tile_union.data(), starts.data(), tiles, offsets.data()); }});
+    sg_write(dir + "/order.bin", order);
+    sg_write(dir + "/starts.bin", starts);
+    sg_write(dir + "/offsets.bin", offsets);
     return 0;
 }}
 "#
@@ -674,6 +694,48 @@ fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
                     "{}: mask of row {o} offset {k}",
                     kernels.prefix
                 );
+            }
+        }
+        // The launch plan built from the device masks.
+        let order: Vec<i32> = read_vec(&dir.join("order.bin"));
+        let starts: Vec<i32> = read_vec(&dir.join("starts.bin"));
+        let offsets: Vec<i32> = read_vec(&dir.join("offsets.bin"));
+        let host = TilePlan::build(&rulebook, 64, "host").unwrap();
+        if rulebook.kernel_volume() <= 32 {
+            assert_eq!(order, host.order, "{}: plan order", kernels.prefix);
+            assert_eq!(
+                starts, host.tile_offset_start,
+                "{}: plan starts",
+                kernels.prefix
+            );
+            assert_eq!(
+                offsets, host.tile_offsets,
+                "{}: plan offsets",
+                kernels.prefix
+            );
+        } else {
+            // Masks wider than 32 bits are folded: another order, the same guarantees.
+            let device = TilePlan {
+                block_rows: 64,
+                order,
+                tile_offset_start: starts,
+                tile_offsets: offsets,
+            };
+            let mut rows = device.order.clone();
+            rows.sort_unstable();
+            assert_eq!(rows, (0..rulebook.n_out() as i32).collect::<Vec<_>>());
+            for t in 0..device.tiles() {
+                let offsets = device.offsets_of(t);
+                assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+                for &o in &device.order[t * 64..((t + 1) * 64).min(rulebook.n_out())] {
+                    for (k, &i) in rulebook.neighbors_of(o as usize).iter().enumerate() {
+                        assert!(
+                            i < 0 || offsets.contains(&(k as i32)),
+                            "{}: pair skipped",
+                            kernels.prefix
+                        );
+                    }
+                }
             }
         }
         eprintln!(

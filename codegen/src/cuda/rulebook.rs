@@ -46,7 +46,8 @@ pub const EMPTY_KEY: u64 = u64::MAX;
 
 impl RulebookKernels {
     /// The entry point of one of the kernels (`expand`, `insert_keys`, `compact`,
-    /// `bitonic_step`, `unpack`, `insert`, `neighbors`).
+    /// `bitonic_step`, `unpack`, `insert`, `neighbors`, `mask_keys`, `tile_masks`,
+    /// `tile_offsets`).
     pub fn entry(&self, kernel: &str) -> String {
         format!("{}_{kernel}", self.prefix)
     }
@@ -185,23 +186,6 @@ pub fn rulebook_kernels(geometry: &Geometry) -> RulebookKernels {
         w.close("");
 
         w.line("");
-        w.line("// One step (k, j) of a bitonic sort of n (a power of two) keys, ascending.");
-        w.line(format_args!(
-            "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_bitonic_step("
-        ));
-        w.line("    sg_key* keys, long long n, long long j, long long k)");
-        w.open("");
-        w.line(idx);
-        w.line("if (t >= n) return;");
-        w.line("const long long partner = t ^ j;");
-        w.line("if (partner <= t) return;");
-        w.line("const sg_key a = keys[t];");
-        w.line("const sg_key b = keys[partner];");
-        w.line("const bool ascending = (t & k) == 0;");
-        w.line("if ((a > b) == ascending) { keys[t] = b; keys[partner] = a; }");
-        w.close("");
-
-        w.line("");
         w.line("// Sorted keys back to coordinate rows (batch first).");
         w.line(format_args!(
             "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_unpack("
@@ -279,6 +263,80 @@ pub fn rulebook_kernels(geometry: &Geometry) -> RulebookKernels {
     w.line("masks[t * SG_MASK_WORDS + k / 32] = word;");
     w.line("word = 0;");
     w.close("");
+    w.close("");
+    w.close("");
+
+    w.line("");
+    w.line("// One step (k, j) of a bitonic sort of n (a power of two) keys, ascending.");
+    w.line(format_args!(
+        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_bitonic_step("
+    ));
+    w.line("    sg_key* keys, long long n, long long j, long long k)");
+    w.open("");
+    w.line(idx);
+    w.line("if (t >= n) return;");
+    w.line("const long long partner = t ^ j;");
+    w.line("if (partner <= t) return;");
+    w.line("const sg_key a = keys[t];");
+    w.line("const sg_key b = keys[partner];");
+    w.line("const bool ascending = (t & k) == 0;");
+    w.line("if ((a > b) == ascending) { keys[t] = b; keys[partner] = a; }");
+    w.close("");
+
+    w.line("");
+    w.line("// Plan keys: (mask fold << 32) | row, so sorting groups rows with equal offset masks");
+    w.line("// (for K <= 32 the fold is the mask itself: the host planner's order).");
+    w.line(format_args!(
+        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_mask_keys("
+    ));
+    w.line("    const unsigned* __restrict__ masks, int n_out, sg_key* __restrict__ keys)");
+    w.open("");
+    w.line(idx);
+    w.line("if (t >= n_out) return;");
+    w.line("unsigned fold = 0;");
+    w.line("for (int q = 0; q < SG_MASK_WORDS; ++q) fold = ((fold << 7) | (fold >> 25)) ^ masks[t * SG_MASK_WORDS + q];");
+    w.line("keys[t] = ((sg_key)fold << 32) | (sg_key)t;");
+    w.close("");
+
+    w.line("");
+    w.line("// Tile t of block_rows sorted rows: its rows (order), the union of their masks and");
+    w.line("// how many offsets that union has.");
+    w.line(format_args!(
+        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_tile_masks("
+    ));
+    w.line("    const sg_key* __restrict__ keys, int n_out, const unsigned* __restrict__ masks, int block_rows,");
+    w.line("    int tiles, int* __restrict__ order, unsigned* __restrict__ tile_union, int* __restrict__ tile_count)");
+    w.open("");
+    w.line(idx);
+    w.line("if (t >= tiles) return;");
+    w.line("unsigned u[SG_MASK_WORDS];");
+    w.line("for (int q = 0; q < SG_MASK_WORDS; ++q) u[q] = 0;");
+    w.line("const long long end = (t + 1) * (long long)block_rows < n_out ? (t + 1) * (long long)block_rows : n_out;");
+    w.open("for (long long p = t * (long long)block_rows; p < end; ++p)");
+    w.line("const int row = (int)(keys[p] & 0xffffffffull);");
+    w.line("order[p] = row;");
+    w.line("for (int q = 0; q < SG_MASK_WORDS; ++q) u[q] |= masks[(long long)row * SG_MASK_WORDS + q];");
+    w.close("");
+    w.line("int count = 0;");
+    w.open("for (int q = 0; q < SG_MASK_WORDS; ++q)");
+    w.line("tile_union[t * SG_MASK_WORDS + q] = u[q];");
+    w.line("count += __popc(u[q]);");
+    w.close("");
+    w.line("tile_count[t] = count;");
+    w.close("");
+
+    w.line("");
+    w.line("// Tile t's offsets, ascending, at starts[t] (the exclusive scan of tile_count).");
+    w.line(format_args!(
+        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_tile_offsets("
+    ));
+    w.line("    const unsigned* __restrict__ tile_union, const int* __restrict__ starts, int tiles, int* __restrict__ offsets)");
+    w.open("");
+    w.line(idx);
+    w.line("if (t >= tiles) return;");
+    w.line("int at = starts[t];");
+    w.open("for (int k = 0; k < SG_K; ++k)");
+    w.line("if ((tile_union[t * SG_MASK_WORDS + k / 32] >> (k % 32)) & 1u) offsets[at++] = k;");
     w.close("");
     w.close("");
 
