@@ -307,3 +307,52 @@ fn cuda_device_rulebook_matches_host_rulebook() {
         );
     }
 }
+
+#[test]
+fn cuda_device_rulebook_and_plan_run_the_conv() {
+    let Some(cuda) = backend("cuda_device_rulebook_and_plan") else {
+        return;
+    };
+    for dtype in [DType::F32, DType::F16] {
+        for (i, case) in cases(dtype).iter().enumerate() {
+            let layer = layer(case, 7 + i as u64);
+            let (rulebook, input) = rulebook_and_input(case, 11 + i as u64);
+            let want = reference_output(&layer, &rulebook, &input);
+            let output = (case.spec.kind == sparsegen::codegen::ConvKind::Inverse)
+                .then(|| rulebook.output().as_ref());
+            let device = cuda
+                .build_rulebook(rulebook.input(), &case.spec.geometry(), output)
+                .unwrap();
+            let tile = sparsegen::codegen::cuda::conv_candidates(&case.spec, cuda.target())[0];
+            // The device plan is the host plan for masks of at most 32 offsets.
+            if rulebook.kernel_volume() <= 32 {
+                let plan = cuda
+                    .plan_on_device(&device, tile.block_rows() as usize)
+                    .unwrap();
+                let host = sparsegen_runtime::cuda::TilePlan::build(
+                    &rulebook,
+                    tile.block_rows() as usize,
+                    "host",
+                )
+                .unwrap();
+                let stream = cuda.device().stream();
+                assert_eq!(stream.clone_dtoh(&plan.order).unwrap(), host.order);
+                let starts = stream.clone_dtoh(&plan.starts).unwrap();
+                assert_eq!(starts, host.tile_offset_start);
+                let mut offsets = stream.clone_dtoh(&plan.offsets).unwrap();
+                offsets.truncate(host.tile_offsets.len());
+                assert_eq!(offsets, host.tile_offsets);
+            }
+            let run = cuda
+                .conv_with_device_rulebook(&layer, &device, &input, &tile)
+                .unwrap();
+            let err = relative_error(&run.output, &want);
+            eprintln!(
+                "{err:>10.3e}  {:>8.3} ms  {} (device rulebook)",
+                run.kernel_ms,
+                layer.name()
+            );
+            assert!(err <= tolerance(dtype), "{}: {err}", layer.name());
+        }
+    }
+}

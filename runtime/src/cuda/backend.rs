@@ -32,6 +32,7 @@ use super::nvrtc::{Nvrtc, parse_arch};
 use super::plan::{TilePlan, conv_grid};
 use super::plan_cache::{DevicePairs, DevicePlan, DeviceTiles, PlanCache, PlanKey, PlanKind};
 use super::pool::{DevicePool, PooledBuffer};
+use super::rulebook_gpu::DeviceRulebook;
 use super::timer::GpuTimer;
 
 /// Below this fraction of useful products in output-stationary tiles (see
@@ -514,17 +515,70 @@ impl CudaBackend {
             });
         }
         let kernel = self.kernel(layer, tile)?;
+        let plan = self.tiles(rulebook, tile.block_rows() as usize, layer.name())?;
+        self.run_stationary(layer, rulebook.n_out(), &plan, input, &kernel)
+    }
+
+    /// Runs `layer` output-stationary with `tile` over a rulebook built on the device
+    /// ([`Self::build_rulebook`]), planning the tiles on the device too: no coordinates, table
+    /// or plan pass through the host. Times the conv kernel alone.
+    pub fn conv_with_device_rulebook(
+        &self,
+        layer: &SparseConv,
+        rulebook: &DeviceRulebook,
+        input: &[f32],
+        tile: &ConvTile,
+    ) -> Result<ConvRun, CudaError> {
+        let spec = layer.spec();
+        if input.len() != rulebook.n_in * spec.in_channels as usize
+            || rulebook.kernel_volume != spec.kernel_volume()
+        {
+            return Err(CudaError::Shape {
+                layer: layer.name().to_string(),
+                message: format!(
+                    "the input has {} values and the rulebook {} rows × {} offsets; the layer takes {} channels and {} offsets",
+                    input.len(),
+                    rulebook.n_in,
+                    rulebook.kernel_volume,
+                    spec.in_channels,
+                    spec.kernel_volume()
+                ),
+            });
+        }
+        if rulebook.n_out == 0 {
+            return Ok(ConvRun {
+                output: Vec::new(),
+                kernel_ms: 0.0,
+            });
+        }
+        let kernel = self.kernel(layer, tile)?;
+        let plan = self.plan_on_device(rulebook, tile.block_rows() as usize)?;
+        self.run_stationary(layer, rulebook.n_out, &plan, input, &kernel)
+    }
+
+    fn run_stationary(
+        &self,
+        layer: &SparseConv,
+        n_out: usize,
+        plan: &DeviceTiles,
+        input: &[f32],
+        kernel: &ConvKernel,
+    ) -> Result<ConvRun, CudaError> {
         match layer.spec().dtype {
-            DType::F32 => self.run::<f32>(layer, rulebook, input, &kernel, |v| v, |v| v),
-            DType::F16 => self.run::<u16>(layer, rulebook, input, &kernel, f16_bits, f16_value),
-            DType::Bf16 => self.run::<u16>(layer, rulebook, input, &kernel, bf16_bits, bf16_value),
+            DType::F32 => self.run::<f32>(layer, n_out, plan, input, kernel, |v| v, |v| v),
+            DType::F16 => self.run::<u16>(layer, n_out, plan, input, kernel, f16_bits, f16_value),
+            DType::Bf16 => {
+                self.run::<u16>(layer, n_out, plan, input, kernel, bf16_bits, bf16_value)
+            }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run<S: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static>(
         &self,
         layer: &SparseConv,
-        rulebook: &Rulebook,
+        n_out: usize,
+        plan: &DeviceTiles,
         input: &[f32],
         kernel: &ConvKernel,
         encode: fn(f32) -> S,
@@ -534,7 +588,6 @@ impl CudaBackend {
         let name = layer.name();
         let cout = spec.out_channels as usize;
         let function = self.function(kernel)?;
-        let plan = self.tiles(rulebook, kernel.tile.block_rows() as usize, name)?;
         let grid = conv_grid(
             plan.tiles,
             spec.out_per_group(),
@@ -555,7 +608,6 @@ impl CudaBackend {
         let x = pool.upload(&x_host, "input features")?;
         let w = pool.upload(&w_host, "weights")?;
         let bias = pool.upload(&bias_host, "bias")?;
-        let n_out = rulebook.n_out();
         let mut y = pool.take::<S>(n_out * cout, "output features")?;
         let stream = self.device.stream();
         let timer = GpuTimer::start(stream)?;

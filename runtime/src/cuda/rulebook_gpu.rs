@@ -12,10 +12,15 @@ use crate::tensor::CoordSet;
 
 use super::backend::CudaBackend;
 use super::error::CudaError;
+use super::plan_cache::DeviceTiles;
 
 /// A rulebook in device memory.
 #[derive(Debug)]
 pub struct DeviceRulebook {
+    /// The geometry it was built for.
+    pub geometry: Geometry,
+    /// Number of input sites.
+    pub n_in: usize,
     /// Number of output sites.
     pub n_out: usize,
     /// Kernel offsets.
@@ -252,12 +257,145 @@ impl CudaBackend {
         // nbr holds n_out·K entries and masks n_out·words.
         unsafe { b.launch(grid_1d(n_out as u64)) }.map_err(launch_error)?;
         Ok(DeviceRulebook {
+            geometry: *geometry,
+            n_in,
             n_out,
             kernel_volume: k,
             mask_words: words,
             out_coords,
             neighbors,
             masks,
+        })
+    }
+
+    /// The output-stationary launch plan of `rulebook` in tiles of `block_rows`, built on the
+    /// device from its masks (the generated `mask_keys`, `bitonic_step`, `tile_masks` and
+    /// `tile_offsets` kernels). Only the per-tile offset counts cross to the host, for the scan.
+    /// The plan's `efficiency` is not computed (NaN).
+    pub fn plan_on_device(
+        &self,
+        rulebook: &DeviceRulebook,
+        block_rows: usize,
+    ) -> Result<DeviceTiles, CudaError> {
+        let kernels = rulebook_kernels(&rulebook.geometry);
+        let name = kernels.prefix.clone();
+        let function = |kernel: &str| self.rulebook_function(&kernels, kernel);
+        let stream = self.device().stream().clone();
+        let n_out = rulebook.n_out;
+        let block_rows = block_rows.max(1);
+        let tiles = n_out.div_ceil(block_rows);
+        let n_sort = n_out.max(1).next_power_of_two();
+        if n_sort as u64 > i32::MAX as u64 || !grid_fits(n_sort as u64) {
+            return Err(CudaError::TooLarge {
+                layer: name,
+                what: "the number of output rows",
+                value: n_out as u64,
+                limit: 1 << 30,
+            });
+        }
+        let driver = |call: &'static str, what: &'static str, bytes: usize| {
+            CudaError::driver(call, what, bytes)
+        };
+        let mut keys = stream.clone_htod(&vec![EMPTY_KEY; n_sort]).map_err(driver(
+            "cuMemcpyHtoD",
+            "plan keys",
+            n_sort * 8,
+        ))?;
+        let mask_keys = function("mask_keys")?;
+        let n_out_i = n_out as i32;
+        let mut b = stream.launch_builder(&mask_keys);
+        b.arg(&rulebook.masks).arg(&n_out_i).arg(&mut keys);
+        // SAFETY: (masks, n_out, keys) as generated; masks holds n_out·words, keys n_sort ≥ n_out.
+        unsafe { b.launch(grid_1d(n_out as u64)) }.map_err(launch_error)?;
+        let bitonic = function("bitonic_step")?;
+        let n_sort_i = n_sort as i64;
+        let mut size = 2i64;
+        while size <= n_sort_i {
+            let mut j = size / 2;
+            while j > 0 {
+                let mut b = stream.launch_builder(&bitonic);
+                b.arg(&mut keys).arg(&n_sort_i).arg(&j).arg(&size);
+                // SAFETY: (keys, n, j, k) as generated; n = keys.len().
+                unsafe { b.launch(grid_1d(n_sort as u64)) }.map_err(launch_error)?;
+                j /= 2;
+            }
+            size *= 2;
+        }
+        let alloc_i32 = |len: usize, what| {
+            stream
+                .alloc_zeros::<i32>(len.max(1))
+                .map_err(driver("cuMemAlloc", what, len * 4))
+        };
+        let mut order = alloc_i32(n_out, "tile row order")?;
+        let mut counts = alloc_i32(tiles, "tile offset counts")?;
+        let mut unions = stream
+            .alloc_zeros::<u32>((tiles * rulebook.mask_words).max(1))
+            .map_err(driver(
+                "cuMemAlloc",
+                "tile masks",
+                tiles * rulebook.mask_words * 4,
+            ))?;
+        let tile_masks = function("tile_masks")?;
+        let (block_rows_i, tiles_i) = (block_rows as i32, tiles as i32);
+        let mut b = stream.launch_builder(&tile_masks);
+        b.arg(&keys)
+            .arg(&n_out_i)
+            .arg(&rulebook.masks)
+            .arg(&block_rows_i)
+            .arg(&tiles_i)
+            .arg(&mut order)
+            .arg(&mut unions)
+            .arg(&mut counts);
+        // SAFETY: (keys, n_out, masks, block_rows, tiles, order, tile_union, tile_count) as
+        // generated; order holds n_out rows, unions tiles·words, counts tiles.
+        unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
+        let counts = stream.clone_dtoh(&counts).map_err(driver(
+            "cuMemcpyDtoH",
+            "tile offset counts",
+            tiles * 4,
+        ))?;
+        let mut starts = Vec::with_capacity(tiles + 1);
+        let mut total = 0i64;
+        starts.push(0i32);
+        for &c in counts.iter().take(tiles) {
+            total += i64::from(c);
+            if total > i64::from(i32::MAX) {
+                return Err(CudaError::TooLarge {
+                    layer: name,
+                    what: "the number of (tile, offset) pairs",
+                    value: total as u64,
+                    limit: i32::MAX as u64,
+                });
+            }
+            starts.push(total as i32);
+        }
+        let starts_d = stream.clone_htod(&starts).map_err(driver(
+            "cuMemcpyHtoD",
+            "tile offset starts",
+            starts.len() * 4,
+        ))?;
+        let mut offsets = alloc_i32(total as usize, "tile offsets")?;
+        let tile_offsets = function("tile_offsets")?;
+        let mut b = stream.launch_builder(&tile_offsets);
+        b.arg(&unions)
+            .arg(&starts_d)
+            .arg(&tiles_i)
+            .arg(&mut offsets);
+        // SAFETY: (tile_union, starts, tiles, offsets) as generated; offsets holds the scan's
+        // total, and each tile writes exactly its count from its start.
+        unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
+        let nbr = rulebook.neighbors.try_clone().map_err(driver(
+            "cuMemcpyDtoD",
+            "neighbour table",
+            rulebook.neighbors.len() * 4,
+        ))?;
+        Ok(DeviceTiles {
+            tiles,
+            efficiency: f64::NAN,
+            nbr,
+            order,
+            starts: starts_d,
+            offsets,
         })
     }
 
