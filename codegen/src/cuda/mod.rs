@@ -5,17 +5,31 @@
 //! (kernel volume, channels, groups, tile sizes, bias, activation, dtype), so NVRTC compiles a
 //! kernel specialised for exactly that layer — any channel pair, any kernel, any group count.
 //!
+//! The kernels:
+//! - output-stationary implicit GEMM over the `[N_out, K]` neighbour table ([`conv_kernel`]),
+//!   rows ordered by offset mask so a tile skips offsets none of its rows needs; math per
+//!   [`ConvTile`]: SIMT fp32 (exact, any dtype, any architecture), `mma.sync.m16n8k16` for
+//!   f16/bf16 with fp32 accumulation (sm_80+, a two-stage `cp.async` pipeline when channels
+//!   are 8-aligned), `mma.sync.m16n8k8` TF32 for f32 layers that opt in ([`tf32_candidates`]);
+//! - gather-GEMM-scatter for very sparse layers ([`gather_kernels`]): one launch per offset,
+//!   stream-ordered, no atomics;
+//! - rulebook and launch-plan kernels ([`rulebook_kernels`]): device hash table, neighbour
+//!   table, offset masks, output sites of strided/transposed layers by sort + unique, and
+//!   the mask-sorted tile plan.
+//!
+//! Every kernel fuses bias and activation into its epilogue, writes each output element once
+//! (gather-GEMM-scatter: once per offset, in order), and uses atomics only to build hash
+//! tables, so results are bitwise repeatable.
+//!
 //! What lives here and what does not:
-//! - here: the emitters ([`conv_kernel`], [`gather_kernels`], [`rulebook_kernels`]), the tile rules and candidate list
-//!   ([`conv_candidates`]), the kernel parameter contract ([`CONV_PARAMS`]) and the weight
-//!   layouts the kernels read ([`pack_weights`]). All pure functions; the same arguments give
+//! - here: the emitters, the tile rules and candidate lists ([`conv_candidates`]), the kernel
+//!   parameter contracts ([`CONV_PARAMS`], [`GATHER_PARAMS`]) and the weight layouts the
+//!   kernels read ([`pack_weights`]). All pure functions; the same arguments give
 //!   byte-identical source (snapshot-tested under `snapshots/`).
 //! - not here: NVRTC, devices, caches, launches — the runtime crate's `cuda` module owns them.
 //!
 //! Generated code declares everything it uses (no `cuda_fp16.h`): half types are 16-bit
-//! patterns converted with inline PTX, tensor-core products are `mma.sync` in inline PTX.
-//! Kernels write each output element exactly once and use no atomics, so results are bitwise
-//! repeatable.
+//! patterns converted with inline PTX; `mma.sync`, `cp.async` and TF32 rounding are inline PTX.
 
 mod conv;
 mod gather;
