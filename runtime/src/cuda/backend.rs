@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use sparsegen_codegen::DType;
 use sparsegen_codegen::cuda::{
     ConvKernel, ConvTile, EPILOGUE_THREADS, GatherKernels, SmVersion, conv_kernel, gather_kernels,
@@ -318,8 +319,8 @@ impl CudaBackend {
                     message: "the weights do not have the layer's shape".into(),
                 }
             })?;
-        let x_host: Vec<S> = input.iter().map(|&v| encode(v)).collect();
-        let w_host: Vec<S> = packed.iter().map(|&v| encode(v)).collect();
+        let x_host: Vec<S> = input.par_iter().map(|&v| encode(v)).collect();
+        let w_host: Vec<S> = packed.par_iter().map(|&v| encode(v)).collect();
         let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
         let pool = &self.pool;
         let x = pool.upload(&x_host, "input features")?;
@@ -399,7 +400,7 @@ impl CudaBackend {
             call: "cuStreamSynchronize",
             source,
         })?;
-        Ok(host.into_iter().map(decode).collect())
+        Ok(host.into_par_iter().map(decode).collect())
     }
 
     /// The output-stationary plan of `rulebook` in tiles of `block_rows`, from the plan cache
@@ -601,8 +602,8 @@ impl CudaBackend {
                 message: "the weights do not have the layer's shape".into(),
             }
         })?;
-        let x_host: Vec<S> = input.iter().map(|&v| encode(v)).collect();
-        let w_host: Vec<S> = packed.iter().map(|&v| encode(v)).collect();
+        let x_host: Vec<S> = input.par_iter().map(|&v| encode(v)).collect();
+        let w_host: Vec<S> = packed.par_iter().map(|&v| encode(v)).collect();
         let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
         let pool = &self.pool;
         let x = pool.upload(&x_host, "input features")?;
