@@ -84,6 +84,10 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The CUDA backend failed or is not available (no driver, no device, no NVRTC, a
+    /// compiler failure, device memory exhausted, a size beyond its indexing).
+    #[error("cuda backend: {0}")]
+    Cuda(#[from] crate::cuda::CudaError),
     /// A backend is not available here (no GPU, no driver, unsupported CPU) or failed.
     #[error("{backend} backend: {message}")]
     Backend {

@@ -9,6 +9,7 @@
 
 pub mod conformance;
 pub mod coord_index;
+pub mod cuda;
 pub mod dense;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,211 @@
+//! `KernelCache`: compiled PTX in memory and on disk, keyed by a hash of the generated source,
+//! the target architecture and the NVRTC version, so a warm start compiles nothing.
+//!
+//! On disk each kernel is two files in the cache folder: `<entry>-<hash>-<arch>-nvrtc<v>.ptx`
+//! and the `.cu` it came from. A hit needs the stored source to equal the new one byte for
+//! byte, so a hash collision can never load the wrong kernel. Files are written to a
+//! temporary name and renamed, so a crash or a concurrent process never leaves half a file.
+//! The cache knows nothing about devices: loading PTX into a context is the backend's job.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sparsegen_codegen::cuda::SmVersion;
+
+use super::error::CudaError;
+use super::nvrtc::Nvrtc;
+
+/// Where a kernel came from on this lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOrigin {
+    /// NVRTC compiled it now.
+    Compiled,
+    /// Read from the disk cache.
+    Disk,
+    /// Already in memory.
+    Memory,
+}
+
+/// A compiled kernel.
+#[derive(Debug, Clone)]
+pub struct CachedKernel {
+    /// Its entry point.
+    pub entry: String,
+    /// The architecture it was compiled for.
+    pub arch: SmVersion,
+    /// The PTX.
+    pub ptx: Arc<str>,
+    /// NVRTC time when this process compiled it.
+    pub compile_time: Option<Duration>,
+}
+
+/// Lookup counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCacheStats {
+    /// Kernels NVRTC compiled.
+    pub compiled: usize,
+    /// Kernels read from disk.
+    pub disk_hits: usize,
+    /// Kernels found in memory.
+    pub memory_hits: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MemoryKey {
+    arch: SmVersion,
+    nvrtc: (u32, u32),
+    source: Arc<str>,
+}
+
+/// Compiled PTX by (source, architecture, NVRTC version), in memory and optionally on disk.
+#[derive(Debug)]
+pub struct KernelCache {
+    dir: Option<PathBuf>,
+    memory: Mutex<HashMap<MemoryKey, CachedKernel>>,
+    compiled: AtomicUsize,
+    disk_hits: AtomicUsize,
+    memory_hits: AtomicUsize,
+}
+
+/// FNV-1a, 64 bit: a stable hash (the standard library's may change between releases, and
+/// file names must not).
+pub fn source_hash(source: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in source.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl KernelCache {
+    /// A cache that also persists to `dir` (created on first write) when given.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        KernelCache {
+            dir,
+            memory: Mutex::new(HashMap::new()),
+            compiled: AtomicUsize::new(0),
+            disk_hits: AtomicUsize::new(0),
+            memory_hits: AtomicUsize::new(0),
+        }
+    }
+
+    /// The disk folder, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> KernelCacheStats {
+        KernelCacheStats {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The file stem a kernel is stored under.
+    pub fn file_stem(entry: &str, source: &str, arch: SmVersion, nvrtc: &Nvrtc) -> String {
+        format!(
+            "{entry}-{:016x}-{arch}-nvrtc{}",
+            source_hash(source),
+            nvrtc.version_string()
+        )
+    }
+
+    /// The kernel for `source` on `arch`: from memory, else from disk, else compiled by NVRTC
+    /// (and then stored in both).
+    pub fn get_or_compile(
+        &self,
+        nvrtc: &Nvrtc,
+        entry: &str,
+        source: &str,
+        arch: SmVersion,
+    ) -> Result<(CachedKernel, CacheOrigin), CudaError> {
+        let key = MemoryKey {
+            arch,
+            nvrtc: nvrtc.version(),
+            source: Arc::from(source),
+        };
+        if let Some(hit) = self.lock().get(&key) {
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((hit.clone(), CacheOrigin::Memory));
+        }
+        let stem = Self::file_stem(entry, source, arch, nvrtc);
+        let (kernel, origin) = match self.read_disk(&stem, source) {
+            Some(ptx) => {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                let kernel = CachedKernel {
+                    entry: entry.to_string(),
+                    arch,
+                    ptx: Arc::from(ptx),
+                    compile_time: None,
+                };
+                (kernel, CacheOrigin::Disk)
+            }
+            None => {
+                let compiled = nvrtc.compile(source, entry, arch)?;
+                self.compiled.fetch_add(1, Ordering::Relaxed);
+                self.write_disk(&stem, source, &compiled.ptx)?;
+                let kernel = CachedKernel {
+                    entry: entry.to_string(),
+                    arch,
+                    ptx: Arc::from(compiled.ptx),
+                    compile_time: Some(compiled.elapsed),
+                };
+                (kernel, CacheOrigin::Compiled)
+            }
+        };
+        self.lock().insert(key, kernel.clone());
+        Ok((kernel, origin))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MemoryKey, CachedKernel>> {
+        // A panic while holding the lock cannot leave the map inconsistent (inserts are
+        // single calls), so a poisoned lock is still usable.
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_disk(&self, stem: &str, source: &str) -> Option<String> {
+        let dir = self.dir.as_ref()?;
+        let stored = std::fs::read_to_string(dir.join(format!("{stem}.cu"))).ok()?;
+        if stored != source {
+            return None;
+        }
+        let ptx = std::fs::read_to_string(dir.join(format!("{stem}.ptx"))).ok()?;
+        (!ptx.is_empty() && !ptx.contains('\0')).then_some(ptx)
+    }
+
+    fn write_disk(&self, stem: &str, source: &str, ptx: &str) -> Result<(), CudaError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CudaError::CacheIo { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // The .ptx is renamed into place last: a reader that finds it also finds its .cu.
+        for (ext, text) in [("cu", source), ("ptx", ptx)] {
+            let path = dir.join(format!("{stem}.{ext}"));
+            let tmp = dir.join(format!("{stem}.{ext}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, text).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_stable() {
+        // FNV-1a test vectors.
+        assert_eq!(source_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(source_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,227 @@
+//! NVRTC tests (no GPU needed): every generated kernel variant compiles for every checked
+//! architecture, compiler failures carry the log and the source, and the disk cache makes a
+//! warm start compile nothing. They skip, saying why, where libnvrtc is not on the library
+//! path; with `SPARSEGEN_REQUIRE_NVRTC=1` (or `SPARSEGEN_REQUIRE_GPU=1`) they fail instead.
+#![allow(clippy::unwrap_used, clippy::unwrap_in_result)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use sparsegen::codegen::cuda::{
+    CHECKED_ARCHS, ConvTile, SmVersion, conv_candidates, conv_kernel, gather_kernels,
+    representative_geometries, representative_layers, rulebook_kernels, tf32_candidates,
+};
+use sparsegen_runtime::cuda::{CacheOrigin, CudaError, KernelCache, Nvrtc};
+
+fn nvrtc_or_skip(test: &str) -> Option<&'static Nvrtc> {
+    match Nvrtc::load() {
+        Ok(nvrtc) => Some(nvrtc),
+        Err(e) => {
+            let required = ["SPARSEGEN_REQUIRE_NVRTC", "SPARSEGEN_REQUIRE_GPU"]
+                .iter()
+                .any(|v| std::env::var(v).is_ok_and(|v| v == "1"));
+            if required {
+                panic!("{test}: NVRTC is required but unavailable: {e}");
+            }
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_variant() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_compiles_every_variant") else {
+        return;
+    };
+    eprintln!(
+        "NVRTC {} (targets {:?})",
+        nvrtc.version_string(),
+        nvrtc.supported_archs()
+    );
+    let mut times: Vec<(String, SmVersion, Duration)> = Vec::new();
+    let mut failures = Vec::new();
+    for spec in representative_layers() {
+        for sm in CHECKED_ARCHS {
+            for tile in conv_candidates(&spec, sm)
+                .into_iter()
+                .chain(tf32_candidates(&spec, sm))
+            {
+                let kernel = conv_kernel(&spec, &tile, sm).expect("candidates are valid");
+                match nvrtc.compile(&kernel.source, &kernel.entry, sm) {
+                    Ok(ptx) => {
+                        assert!(ptx.ptx.contains(&kernel.entry), "{}", kernel.entry);
+                        if matches!(tile, ConvTile::MmaTf32 { .. }) {
+                            assert!(
+                                ptx.ptx.contains("mma.sync.aligned.m16n8k8"),
+                                "{}",
+                                kernel.entry
+                            );
+                        }
+                        if matches!(tile, ConvTile::Mma { .. }) {
+                            assert!(
+                                ptx.ptx.contains("mma.sync.aligned.m16n8k16"),
+                                "{}",
+                                kernel.entry
+                            );
+                        }
+                        times.push((kernel.entry.clone(), sm, ptx.elapsed));
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    times.sort_by_key(|t| t.2);
+    let total: Duration = times.iter().map(|t| t.2).sum();
+    let median = times[times.len() / 2].2;
+    let (slow_entry, slow_sm, slowest) = &times[times.len() - 1];
+    eprintln!(
+        "compiled {} kernels: total {:.2?}, median {:.1?}, slowest {:.1?} ({slow_entry} for {slow_sm})",
+        times.len(),
+        total,
+        median,
+        slowest
+    );
+    for (entry, sm, t) in &times {
+        eprintln!("  {:>8.1?}  {sm}  {entry}", t);
+    }
+}
+
+#[test]
+fn nvrtc_failure_carries_log_and_source() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_failure_carries_log_and_source") else {
+        return;
+    };
+    let source = "extern \"C\" __global__ void broken(float* y) { y[0] = undeclared_thing; }\n";
+    let err = nvrtc
+        .compile(source, "broken", SmVersion(90))
+        .expect_err("must not compile");
+    match &err {
+        CudaError::Compile {
+            entry,
+            log,
+            source_code,
+            arch,
+        } => {
+            assert_eq!(entry, "broken");
+            assert_eq!(*arch, SmVersion(90));
+            assert!(log.contains("undeclared_thing"), "{log}");
+            assert_eq!(source_code, source);
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("   1 | extern"), "{text}");
+}
+
+#[test]
+fn nvrtc_warm_disk_cache_compiles_nothing() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_warm_disk_cache_compiles_nothing") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sparsegen-kcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = representative_layers()[0];
+    let sm = SmVersion(90);
+    let kernel = conv_kernel(&spec, &conv_candidates(&spec, sm)[0], sm).unwrap();
+
+    let cold = KernelCache::new(Some(dir.clone()));
+    let (a, origin) = cold
+        .get_or_compile(nvrtc, &kernel.entry, &kernel.source, sm)
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Compiled);
+    let (_, origin) = cold
+        .get_or_compile(nvrtc, &kernel.entry, &kernel.source, sm)
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Memory);
+
+    // A new process (a new cache over the same folder) compiles nothing.
+    let warm = KernelCache::new(Some(dir.clone()));
+    let (b, origin) = warm
+        .get_or_compile(nvrtc, &kernel.entry, &kernel.source, sm)
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Disk);
+    assert_eq!(a.ptx, b.ptx);
+    assert_eq!(warm.stats().compiled, 0);
+
+    // Another architecture is another kernel; a changed source is never served stale PTX.
+    let (_, origin) = warm
+        .get_or_compile(nvrtc, &kernel.entry, &kernel.source, SmVersion(80))
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Compiled);
+    let changed = kernel
+        .source
+        .replace("constexpr int K = 27;", "constexpr int K = 27; // changed");
+    let (_, origin) = warm
+        .get_or_compile(nvrtc, &kernel.entry, &changed, sm)
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Compiled);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nvrtc_compiles_every_rulebook_kernel() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_compiles_every_rulebook_kernel") else {
+        return;
+    };
+    for geometry in representative_geometries() {
+        let kernels = rulebook_kernels(&geometry);
+        for sm in CHECKED_ARCHS {
+            let ptx = nvrtc
+                .compile(&kernels.source, &kernels.prefix, sm)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut names = vec![
+                "insert",
+                "neighbors",
+                "bitonic_step",
+                "mask_keys",
+                "tile_masks",
+                "tile_offsets",
+            ];
+            if kernels.makes_outputs() {
+                names.extend(["expand", "insert_keys", "compact", "unpack"]);
+            }
+            for name in names {
+                assert!(
+                    ptx.ptx.contains(&kernels.entry(name)),
+                    "{} lacks {name}",
+                    kernels.prefix
+                );
+            }
+            eprintln!("{:>8.1?}  {sm}  {}", ptx.elapsed, kernels.prefix);
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_gather_scatter_variant() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_compiles_every_gather_scatter_variant") else {
+        return;
+    };
+    let mut slowest = std::time::Duration::ZERO;
+    let mut count = 0;
+    for spec in representative_layers() {
+        for sm in CHECKED_ARCHS {
+            for tile in conv_candidates(&spec, sm) {
+                if !matches!(tile, ConvTile::Simt { .. }) {
+                    continue;
+                }
+                let kernels = gather_kernels(&spec, &tile, sm).expect("SIMT tiles are valid");
+                let ptx = nvrtc
+                    .compile(&kernels.source, &kernels.gemm_entry, sm)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(ptx.ptx.contains(&kernels.gemm_entry));
+                assert!(ptx.ptx.contains(&kernels.epilogue_entry));
+                slowest = slowest.max(ptx.elapsed);
+                count += 1;
+            }
+        }
+    }
+    eprintln!("compiled {count} gather-GEMM-scatter modules, slowest {slowest:.1?}");
+}
