@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod coord_index;
+pub mod cpu;
 pub mod dense;
 pub mod engine;
 pub mod error;
