@@ -7,6 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use sparsegen::prelude::*;
 use sparsegen::runtime::cpu::{CpuBackend, CpuOptions, HostIsa, StrategyChoice};
+use sparsegen::codegen::cpu::CpuTile;
 use sparsegen::runtime::reference;
 
 /// A small deterministic generator (xorshift64*), so a proptest case is one seed.
@@ -135,6 +136,17 @@ fn check_layer(spec: LayerSpec, seed: u64, n: usize, extent: u32) {
             "{name}: {strategy:?} is not bitwise equal to the scalar path"
         );
     }
+    let pairs = CpuBackend::with_options(CpuOptions {
+        strategy: StrategyChoice::Direct,
+        tile: CpuTile {
+            rows: 2,
+            max_vectors: 6,
+            ..CpuTile::default()
+        },
+        ..CpuOptions::default()
+    });
+    let got = pairs.conv(&layer, &rulebook, &input).expect("cpu conv");
+    assert_eq!(bits(&got), bits(&scalar), "{name}: two-row direct kernel");
 }
 
 fn activation(i: u8) -> Activation {

@@ -82,3 +82,15 @@ fn gemm_call_rejects_groups_with_a_typed_error() {
         Err(cpu::CpuCodegenError::Tile { .. })
     ));
 }
+
+#[test]
+fn subm3_16_16_relu_direct_two_rows() {
+    let spec = subm(3, 16, 16).activation(Activation::Relu).build().unwrap();
+    let tile = CpuTile {
+        rows: 2,
+        max_vectors: 6,
+        ..CpuTile::default()
+    };
+    let kernel = cpu::lower(&spec, CpuStrategy::Direct, &tile).expect("lowers");
+    insta::assert_snapshot!(kernel.clif());
+}

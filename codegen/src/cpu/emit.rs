@@ -2,7 +2,7 @@
 //! and the fused epilogue (bias, activation, one store per vector).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::types::{F32X4, I64};
 use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Value};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -73,28 +73,6 @@ pub(super) fn zero_accumulators(b: &mut FunctionBuilder<'_>, n: usize) -> Vec<Va
             v
         })
         .collect()
-}
-
-/// `acc = fma(splat(x[ci]), w[j], acc[j])` for every accumulator `j`, weights contiguous
-/// at `w` (one f32x4 per accumulator).
-pub(super) fn fma_row(
-    b: &mut FunctionBuilder<'_>,
-    accs: &[Variable],
-    x_ptr: Value,
-    x_byte: usize,
-    w_ptr: Value,
-    w_byte: usize,
-) {
-    let x = b.ins().load(F32, read_only(), x_ptr, x_byte as i32);
-    let xs = b.ins().splat(F32X4, x);
-    for (j, &acc) in accs.iter().enumerate() {
-        let w = b
-            .ins()
-            .load(F32X4, read_only(), w_ptr, (w_byte + j * 16) as i32);
-        let a = b.use_var(acc);
-        let a = b.ins().fma(xs, w, a);
-        b.def_var(acc, a);
-    }
 }
 
 /// Applies the activation to a vector exactly as [`Activation::apply`] does lane by lane:

@@ -76,6 +76,9 @@ impl CpuStrategy {
 /// Generation-time tile parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CpuTile {
+    /// Output rows a direct kernel step computes together (1 or 2): two rows share each
+    /// weight load of an offset both have. Use at most 6 `max_vectors` with 2 rows.
+    pub rows: u8,
     /// Most `f32x4` accumulators a direct pass holds in registers (1..=12; x86-64 has 16
     /// vector registers and the loop needs a few for the broadcast input and the weights).
     pub max_vectors: u8,
@@ -88,6 +91,7 @@ pub struct CpuTile {
 impl Default for CpuTile {
     fn default() -> Self {
         CpuTile {
+            rows: 1,
             max_vectors: 8,
             ci_unroll: 4,
             ci_full_unroll: 16,
@@ -221,11 +225,13 @@ pub fn lower(
             Ok(())
         }
     };
+    check("rows", tile.rows, 1, 2, "1..=2")?;
     check("max_vectors", tile.max_vectors, 1, 12, "1..=12")?;
     check("ci_unroll", tile.ci_unroll, 1, 16, "1..=16")?;
     check("ci_full_unroll", tile.ci_full_unroll, 0, 64, "0..=64")?;
     let name = match strategy {
-        CpuStrategy::Direct => format!("{layer}_direct_v{}", tile.max_vectors),
+        CpuStrategy::Direct if tile.rows == 1 => format!("{layer}_direct_v{}", tile.max_vectors),
+        CpuStrategy::Direct => format!("{layer}_direct_r{}_v{}", tile.rows, tile.max_vectors),
         CpuStrategy::GemmCall => format!("{layer}_gemm"),
     };
     let function = match strategy {

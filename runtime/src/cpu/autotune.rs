@@ -22,10 +22,13 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// A short label (`direct_v8`, `gemm`).
+    /// A short label (`direct_v8`, `direct_r2_v6`, `gemm`).
     pub fn label(&self) -> String {
         match self.strategy {
-            CpuStrategy::Direct => format!("direct_v{}", self.tile.max_vectors),
+            CpuStrategy::Direct if self.tile.rows == 1 => {
+                format!("direct_v{}", self.tile.max_vectors)
+            }
+            CpuStrategy::Direct => format!("direct_r{}_v{}", self.tile.rows, self.tile.max_vectors),
             CpuStrategy::GemmCall => "gemm".into(),
         }
     }

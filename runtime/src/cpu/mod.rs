@@ -166,14 +166,25 @@ impl CpuBackend {
             strategy: CpuStrategy::Direct,
             tile: base,
         }];
+        let passes = |t: &CpuTile| DirectLayout::new(spec, usize::from(t.max_vectors)).passes;
         let wide = CpuTile {
             max_vectors: 12,
             ..base
         };
-        if wide != base && DirectLayout::new(spec, 12).passes != DirectLayout::new(spec, usize::from(base.max_vectors)).passes {
+        if base.rows == 1 && passes(&wide) != passes(&base) {
             out.push(Variant {
                 strategy: CpuStrategy::Direct,
                 tile: wide,
+            });
+        }
+        if base.rows == 1 {
+            out.push(Variant {
+                strategy: CpuStrategy::Direct,
+                tile: CpuTile {
+                    rows: 2,
+                    max_vectors: 6,
+                    ..base
+                },
             });
         }
         if spec.groups == 1 {
