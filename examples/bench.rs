@@ -83,23 +83,30 @@ struct Workload {
 }
 
 fn load_workload(dir: &Path) -> AnyResult<Workload> {
-    let coords = npy::read_i32(dir.join("coords.npy"))?.expect_shape(dir.join("coords.npy"), &[None, Some(4)])?;
+    let coords = npy::read_i32(dir.join("coords.npy"))?
+        .expect_shape(dir.join("coords.npy"), &[None, Some(4)])?;
     let meta_path = dir.join("workload.json");
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?,
+        &std::fs::read_to_string(&meta_path)
+            .map_err(|e| format!("{}: {e}", meta_path.display()))?,
     )?;
     let shape = meta["spatial_shape"]
         .as_array()
         .ok_or_else(|| format!("{}: no spatial_shape", meta_path.display()))?
         .iter()
-        .map(|v| v.as_u64().map(|v| v as u32).ok_or("spatial_shape must hold integers"))
+        .map(|v| {
+            v.as_u64()
+                .map(|v| v as u32)
+                .ok_or("spatial_shape must hold integers")
+        })
         .collect::<Result<Vec<u32>, _>>()?;
     let n = coords.shape[0];
     let name = match (meta["kind"].as_str(), meta["n"].as_u64()) {
         (Some(kind), Some(n)) => format!("{kind}_{n}"),
-        _ => dir
-            .file_name()
-            .map_or_else(|| format!("workload_{n}"), |f| f.to_string_lossy().into_owned()),
+        _ => dir.file_name().map_or_else(
+            || format!("workload_{n}"),
+            |f| f.to_string_lossy().into_owned(),
+        ),
     };
     Ok(Workload {
         name,
@@ -111,7 +118,11 @@ fn load_workload(dir: &Path) -> AnyResult<Workload> {
 
 /// The spec of a harness layer name.
 fn layer_spec(name: &str) -> AnyResult<LayerSpec> {
-    let subm = |k: u32, c: u32| LayerSpec::builder(ConvKind::Submanifold, 3).kernel(k).channels(c, c);
+    let subm = |k: u32, c: u32| {
+        LayerSpec::builder(ConvKind::Submanifold, 3)
+            .kernel(k)
+            .channels(c, c)
+    };
     let strided = |kind| LayerSpec::builder(kind, 3).kernel(3).stride(2).padding(1);
     let builder = match name {
         "subm3_c16" => subm(3, 16),
@@ -206,7 +217,11 @@ fn bench_layer(
     let weight = floats(args.seed ^ 0x5eed_0001, spec.weight_len());
     let layer = SparseConv::new(spec, weight, None)?;
     let new_set = || -> AnyResult<Arc<CoordSet>> {
-        Ok(Arc::new(CoordSet::new(wl.coords.clone(), &wl.shape, wl.batch_size)?))
+        Ok(Arc::new(CoordSet::new(
+            wl.coords.clone(),
+            &wl.shape,
+            wl.batch_size,
+        )?))
     };
     let (map, conv, layer_stats, n_in, n_out, pairs);
     if spec.kind == ConvKind::Inverse {
@@ -220,7 +235,12 @@ fn bench_layer(
         n_out = inv.n_out();
         map = None;
         pairs = inv.n_pairs();
-        conv = time(w, r, || Ok(()), |()| Ok(backend.conv(&layer, &inv, &input)?))?;
+        conv = time(
+            w,
+            r,
+            || Ok(()),
+            |()| Ok(backend.conv(&layer, &inv, &input)?),
+        )?;
         layer_stats = time(
             w,
             r,
@@ -228,7 +248,11 @@ fn bench_layer(
                 let engine = Engine::with_backend(backend.clone());
                 // The strided partner's map, built into this engine's cache untimed (spconv's
                 // inverse layer reuses its partner's indice key too); its transpose is timed.
-                let out_set = engine.rulebooks().get_or_build(&base_set, &strided, name)?.output().clone();
+                let out_set = engine
+                    .rulebooks()
+                    .get_or_build(&base_set, &strided, name)?
+                    .output()
+                    .clone();
                 let t = SparseTensor::on(out_set, input.clone(), cin)?;
                 Ok((engine, t))
             },
@@ -240,15 +264,26 @@ fn bench_layer(
         n_in = rb.n_in();
         n_out = rb.n_out();
         pairs = rb.n_pairs();
-        map = Some(time(w, r, || Ok(()), |()| {
-            let set = new_set()?;
-            Ok(Rulebook::build(&set, &spec.geometry(), name)?)
-        })?);
+        map = Some(time(
+            w,
+            r,
+            || Ok(()),
+            |()| {
+                let set = new_set()?;
+                Ok(Rulebook::build(&set, &spec.geometry(), name)?)
+            },
+        )?);
         conv = time(w, r, || Ok(()), |()| Ok(backend.conv(&layer, &rb, &input)?))?;
         layer_stats = time(
             w,
             r,
-            || Ok((Engine::with_backend(backend.clone()), wl.coords.clone(), input.clone())),
+            || {
+                Ok((
+                    Engine::with_backend(backend.clone()),
+                    wl.coords.clone(),
+                    input.clone(),
+                ))
+            },
             |(engine, coords, feats)| {
                 let x = SparseTensor::new(coords, feats, cin, &wl.shape, wl.batch_size)?;
                 Ok(layer.forward(&engine, &x)?)
@@ -264,11 +299,16 @@ fn bench_layer(
                 .records()
                 .into_iter()
                 .filter(|j| j.name.starts_with(&kernel_name))
-                .map(|j| json!({"kernel": j.name, "ir_hash": format!("{:016x}", j.ir_hash),
+                .map(|j| {
+                    json!({"kernel": j.name, "ir_hash": format!("{:016x}", j.ir_hash),
                                 "codegen_ms": round(j.codegen_time.as_secs_f64() * 1e3),
-                                "jit_ms": round(j.jit_time.as_secs_f64() * 1e3)}))
+                                "jit_ms": round(j.jit_time.as_secs_f64() * 1e3)})
+                })
                 .collect();
-            let variant = tune.as_ref().map(|t| t.chosen.label()).unwrap_or_else(|| args.strategy.clone());
+            let variant = tune
+                .as_ref()
+                .map(|t| t.chosen.label())
+                .unwrap_or_else(|| args.strategy.clone());
             let tune = tune.map(|t| json!({"density": round(t.density), "sample_rows": t.sample_rows,
                 "timings_ms": t.timings_ms.iter().map(|(l, v)| json!({"variant": l, "ms": round(*v)})).collect::<Vec<_>>()}));
             (json!(variant), json!(tune), json!(jit))
@@ -302,27 +342,45 @@ fn bench_layer(
 }
 
 fn run(args: &Args) -> AnyResult<()> {
-    let strategy = StrategyChoice::from_name(&args.strategy)
-        .ok_or_else(|| format!("unknown --strategy {}; use auto, direct, gemm or scalar", args.strategy))?;
-    let (backend, cpu): (Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>) = match args.device.as_str() {
+    let strategy = StrategyChoice::from_name(&args.strategy).ok_or_else(|| {
+        format!(
+            "unknown --strategy {}; use auto, direct, gemm or scalar",
+            args.strategy
+        )
+    })?;
+    let (backend, cpu): (Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>) = match args.device.as_str()
+    {
         "cpu" => {
-            let cpu = Arc::new(CpuBackend::with_options(CpuOptions { strategy, ..CpuOptions::default() }));
+            let cpu = Arc::new(CpuBackend::with_options(CpuOptions {
+                strategy,
+                ..CpuOptions::default()
+            }));
             if let Err(why) = cpu.jit_status() {
-                eprintln!("note: the JIT is not used on this host ({why}); running the scalar path");
+                eprintln!(
+                    "note: the JIT is not used on this host ({why}); running the scalar path"
+                );
             }
             (cpu.clone(), Some(cpu))
         }
         "reference" => (Arc::new(ReferenceBackend::default()), None),
         "cuda" => {
-            return Err("--device cuda is not built into this example yet: the CUDA backend lives in \
+            return Err(
+                "--device cuda is not built into this example yet: the CUDA backend lives in \
                         its own branch and will plug in here through the same ConvBackend trait"
-                .into());
+                    .into(),
+            );
         }
-        other => return Err(format!("unknown --device {other}; use cpu, cuda or reference").into()),
+        other => {
+            return Err(format!("unknown --device {other}; use cpu, cuda or reference").into());
+        }
     };
     let wl = load_workload(&args.workload)?;
     let names: Vec<String> = match &args.layers {
-        Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => LAYERS.iter().map(|s| s.to_string()).collect(),
     };
     for name in &names {
@@ -352,7 +410,9 @@ fn run(args: &Args) -> AnyResult<()> {
             "{:>12} {:>18} map {:>9} ms  conv {:>9.3} ms  layer {:>9.3} ms  variant {}",
             wl.name,
             name,
-            rec["map_ms"].as_f64().map_or("-".into(), |v| format!("{v:.3}")),
+            rec["map_ms"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.3}")),
             rec["conv_ms"].as_f64().unwrap_or(f64::NAN),
             rec["layer_ms"].as_f64().unwrap_or(f64::NAN),
             rec["variant"]

@@ -3,6 +3,7 @@
 //! float64 reference). Rows are matched by coordinate, since a strided conv's output order is
 //! spconv's hash order there and sorted here. Set `SPARSEGEN_CONFORMANCE` to use another
 //! folder; the test says why it skips when there is none.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,10 +79,18 @@ fn check_workload(dir: &Path, backend: &CpuBackend) -> usize {
         let ldir = dir.join(layer_name);
         let m = meta(&ldir);
         let spec = spec_of(&m, Some(&pair_meta));
-        let weight = npy::read_f32(ldir.join("weight_krsc.npy")).expect("weight").data;
-        let feats = npy::read_f32(ldir.join("in_feats.npy")).expect("feats").data;
-        let want_coords = npy::read_i32(ldir.join("out_coords_cpu_native_float32.npy")).unwrap().data;
-        let want = npy::read_f32(ldir.join("out_feats_cpu_native_float32.npy")).unwrap().data;
+        let weight = npy::read_f32(ldir.join("weight_krsc.npy"))
+            .expect("weight")
+            .data;
+        let feats = npy::read_f32(ldir.join("in_feats.npy"))
+            .expect("feats")
+            .data;
+        let want_coords = npy::read_i32(ldir.join("out_coords_cpu_native_float32.npy"))
+            .unwrap()
+            .data;
+        let want = npy::read_f32(ldir.join("out_feats_cpu_native_float32.npy"))
+            .unwrap()
+            .data;
         let cin = spec.in_channels as usize;
         let cout = spec.out_channels as usize;
         let (rulebook, input) = if spec.kind == ConvKind::Inverse {
@@ -97,16 +106,24 @@ fn check_workload(dir: &Path, backend: &CpuBackend) -> usize {
                 let t = theirs[&[c[0], c[1], c[2], c[3]]];
                 input[r * cin..(r + 1) * cin].copy_from_slice(&feats[t * cin..(t + 1) * cin]);
             }
-            let rb = cache.get_or_build(ours, &spec.geometry(), layer_name).expect("inverse");
+            let rb = cache
+                .get_or_build(ours, &spec.geometry(), layer_name)
+                .expect("inverse");
             (rb, input)
         } else {
-            let rb = cache.get_or_build(&set, &spec.geometry(), layer_name).expect("rulebook");
+            let rb = cache
+                .get_or_build(&set, &spec.geometry(), layer_name)
+                .expect("rulebook");
             (rb, feats)
         };
         let layer = SparseConv::new(spec, weight, None).expect("layer");
         let got = backend.conv(&layer, &rulebook, &input).expect("conv");
         let want_rows = coord_rows(&want_coords);
-        assert_eq!(want_rows.len(), rulebook.n_out(), "{layer_name}: output site counts");
+        assert_eq!(
+            want_rows.len(),
+            rulebook.n_out(),
+            "{layer_name}: output site counts"
+        );
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         let mut worst = 0f32;
         for (r, c) in rulebook.output().coords().chunks_exact(4).enumerate() {
@@ -122,7 +139,10 @@ fn check_workload(dir: &Path, backend: &CpuBackend) -> usize {
             "{}/{layer_name}: max |ours − spconv| = {worst} (max |spconv| = {scale})",
             dir.display()
         );
-        eprintln!("{}/{layer_name}: max abs diff {worst:.3e} (scale {scale:.3})", dir.display());
+        eprintln!(
+            "{}/{layer_name}: max abs diff {worst:.3e} (scale {scale:.3})",
+            dir.display()
+        );
         checked += 1;
     }
     checked
@@ -140,7 +160,11 @@ fn matches_spconv_dumps() {
         eprintln!("skipped: no conformance dumps under {}", root.display());
         return;
     }
-    for strategy in [StrategyChoice::Direct, StrategyChoice::Gemm, StrategyChoice::Auto] {
+    for strategy in [
+        StrategyChoice::Direct,
+        StrategyChoice::Gemm,
+        StrategyChoice::Auto,
+    ] {
         let backend = CpuBackend::with_options(CpuOptions {
             strategy,
             ..CpuOptions::default()

@@ -1,6 +1,7 @@
 //! Snapshots of the CLIF text the CPU emitter generates for a representative set of layers.
 //! The text is host-independent (System V, 64-bit pointers) and must stay byte-stable: a
 //! change here is a change to every generated kernel and must be reviewed.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use sparsegen_codegen::cpu::{self, CpuStrategy, CpuTile};
 use sparsegen_codegen::{Activation, ConvKind, LayerSpec};
@@ -23,7 +24,10 @@ fn subm(k: u32, cin: u32, cout: u32) -> sparsegen_codegen::LayerSpecBuilder {
 
 #[test]
 fn subm3_16_16_relu_direct() {
-    let spec = subm(3, 16, 16).activation(Activation::Relu).build().unwrap();
+    let spec = subm(3, 16, 16)
+        .activation(Activation::Relu)
+        .build()
+        .unwrap();
     insta::assert_snapshot!(clif(&spec, CpuStrategy::Direct));
 }
 
@@ -72,7 +76,10 @@ fn subm3_grouped_bias_leaky_direct() {
 fn gemm_call_rejects_groups_with_a_typed_error() {
     let spec = subm(3, 8, 8).groups(2).build().unwrap();
     let err = cpu::lower(&spec, CpuStrategy::GemmCall, &CpuTile::default()).unwrap_err();
-    assert!(err.to_string().contains("subm3_k3x3x3_c8x8_g2_f32"), "{err}");
+    assert!(
+        err.to_string().contains("subm3_k3x3x3_c8x8_g2_f32"),
+        "{err}"
+    );
     let bad_tile = CpuTile {
         max_vectors: 0,
         ..CpuTile::default()
@@ -85,7 +92,10 @@ fn gemm_call_rejects_groups_with_a_typed_error() {
 
 #[test]
 fn subm3_16_16_relu_direct_two_rows() {
-    let spec = subm(3, 16, 16).activation(Activation::Relu).build().unwrap();
+    let spec = subm(3, 16, 16)
+        .activation(Activation::Relu)
+        .build()
+        .unwrap();
     let tile = CpuTile {
         rows: 2,
         max_vectors: 6,

@@ -178,8 +178,12 @@ fn emit_pass(
             let both = b.create_block();
             let first = b.create_block();
             let second = b.create_block();
-            let a_ok = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, nbrs[0], 0);
-            let b_ok = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, nbrs[1], 0);
+            let a_ok = b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, nbrs[0], 0);
+            let b_ok = b
+                .ins()
+                .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, nbrs[1], 0);
             b.ins().brif(a_ok, a_present, &[], a_absent, &[]);
             b.switch_to_block(a_present);
             b.seal_block(a_present);

@@ -128,9 +128,7 @@ pub(super) fn epilogue_store(
 ) {
     let mut v = acc;
     if let Some((bias_ptr, bias_byte)) = bias {
-        let bv = b
-            .ins()
-            .load(F32X4, read_only(), bias_ptr, bias_byte as i32);
+        let bv = b.ins().load(F32X4, read_only(), bias_ptr, bias_byte as i32);
         v = b.ins().fadd(v, bv);
     }
     let v = activate(b, v, activation);
@@ -144,4 +142,3 @@ pub(super) fn epilogue_store(
         }
     }
 }
-

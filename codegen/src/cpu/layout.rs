@@ -181,7 +181,8 @@ impl GemmLayout {
         for co in 0..self.out_channels {
             for k in 0..k_vol {
                 for ci in 0..cin {
-                    packed[(k * cin + ci) * self.cout_padded + co] = krsc[(co * k_vol + k) * cin + ci];
+                    packed[(k * cin + ci) * self.cout_padded + co] =
+                        krsc[(co * k_vol + k) * cin + ci];
                 }
             }
         }
@@ -199,6 +200,7 @@ impl GemmLayout {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 mod tests {
     use super::*;
     use crate::{ConvKind, LayerSpec};
@@ -251,10 +253,12 @@ mod tests {
         assert_eq!(packed[at], krsc[((g * 3 + co) * 9 + k) * 2 + ci]);
         // padded lane 3 of each group is zero.
         assert_eq!(packed[g * layout.group_len() + 3], 0.0);
-        let gemm = GemmLayout::new(&LayerSpec::builder(ConvKind::Submanifold, 2)
-            .channels(4, 6)
-            .build()
-            .unwrap());
+        let gemm = GemmLayout::new(
+            &LayerSpec::builder(ConvKind::Submanifold, 2)
+                .channels(4, 6)
+                .build()
+                .unwrap(),
+        );
         assert_eq!(gemm.cout_padded, 16);
     }
 }

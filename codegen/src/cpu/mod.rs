@@ -43,8 +43,8 @@ mod gemm_call;
 
 use cranelift_codegen::ir::Function;
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
-use target_lexicon::PointerWidth;
 use cranelift_codegen::settings;
+use target_lexicon::PointerWidth;
 
 use crate::spec::{DType, LayerSpec, SpecError};
 
@@ -263,4 +263,3 @@ pub fn lower(
         function,
     })
 }
-

@@ -92,9 +92,9 @@ pub(crate) unsafe extern "C" fn gemm_pairs_avx512(
     // SAFETY: AVX-512F is present (only `best_callee` hands this function out, after
     // checking), and the buffer contract is the caller's.
     unsafe {
-        if args.cout_padded % 64 == 0 {
+        if args.cout_padded.is_multiple_of(64) {
             avx512::columns::<4, 6>(&args);
-        } else if args.cout_padded % 32 == 0 {
+        } else if args.cout_padded.is_multiple_of(32) {
             avx512::columns::<2, 12>(&args);
         } else {
             avx512::columns::<1, 12>(&args);
@@ -152,6 +152,7 @@ mod avx512 {
     /// AVX-512F present; pairs `p..p+MR` exist; the module's buffer contract.
     #[target_feature(enable = "avx512f")]
     #[inline]
+    #[allow(clippy::needless_range_loop)] // [row][vector] register tiles read best indexed.
     unsafe fn block<const NV: usize, const MR: usize>(a: &Args, p: usize, col: usize) {
         let mut acc: [[__m512; NV]; MR] = [[_mm512_setzero_ps(); NV]; MR];
         let mut x_rows = [std::ptr::null::<f32>(); MR];
@@ -200,8 +201,12 @@ mod tests {
     fn avx512_and_portable_callees_agree_bitwise() {
         let (cin, cout_padded) = (37usize, 64usize);
         let n_in = 20;
-        let input: Vec<f32> = (0..n_in * cin).map(|v| ((v * 7 % 23) as f32 - 11.0) / 7.0).collect();
-        let w: Vec<f32> = (0..cin * cout_padded).map(|v| ((v * 5 % 17) as f32 - 8.0) / 9.0).collect();
+        let input: Vec<f32> = (0..n_in * cin)
+            .map(|v| ((v * 7 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let w: Vec<f32> = (0..cin * cout_padded)
+            .map(|v| ((v * 5 % 17) as f32 - 8.0) / 9.0)
+            .collect();
         let in_rows: Vec<u32> = (0..15).map(|p| (p * 3 % n_in) as u32).collect();
         let out_rows: Vec<u32> = (0..15).map(|p| (14 - p) as u32).collect();
         let run = |f: GemmCalleeFn| {

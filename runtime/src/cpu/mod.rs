@@ -83,7 +83,7 @@ impl Default for CpuOptions {
         CpuOptions {
             strategy: StrategyChoice::Auto,
             tile: CpuTile::default(),
-            tune_rows: 4096,
+            tune_rows: 8192,
         }
     }
 }
@@ -239,11 +239,21 @@ impl CpuBackend {
         if candidates.len() == 1 {
             return Ok(fallback);
         }
-        let k = rows.kernel_volume;
-        let n = rows.nbr.len() / k.max(1);
+        let k = rows.kernel_volume.max(1);
+        let n = rows.nbr.len() / k;
         let sample_rows = n.min(self.options.tune_rows.max(1));
+        // Eight blocks spread over the table, so the sample has the layer's density (sorted
+        // sites make the first rows of a scan unlike the rest).
+        let blocks = 8.min(sample_rows);
+        let per_block = sample_rows / blocks;
+        let mut sample_nbr = Vec::with_capacity(per_block * blocks * k);
+        for block in 0..blocks {
+            let start = block * (n / blocks);
+            sample_nbr.extend_from_slice(&rows.nbr[start * k..(start + per_block) * k]);
+        }
+        let sample_rows = per_block * blocks;
         let sample = Rows {
-            nbr: &rows.nbr[..sample_rows * k],
+            nbr: &sample_nbr,
             ..rows
         };
         let key = TuneKey::new(spec, sample.nbr);
