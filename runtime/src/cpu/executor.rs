@@ -4,6 +4,12 @@
 //! Every output row is computed by exactly one call, from its own neighbours, in a summation
 //! order fixed by the layer (see [`sparsegen_codegen::cpu`]); tiles only decide which thread
 //! computes which rows, so results are bitwise independent of the thread count. No atomics.
+//!
+//! Outputs are written into uninitialised memory: every path writes every element of every
+//! row it is given exactly once (the epilogues store all `Cout` channels), which is what lets
+//! the caller skip zeroing the output.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 use sparsegen_codegen::LayerSpec;
@@ -59,7 +65,7 @@ pub(crate) fn run_scalar(
     rows: Rows<'_>,
     weight: &[f32],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let cin = spec.in_channels as usize;
     let cout = spec.out_channels as usize;
@@ -87,7 +93,7 @@ pub(crate) fn run_scalar(
                 Some(b) => a + b[co],
                 None => a,
             };
-            *y = spec.activation.apply(v);
+            y.write(spec.activation.apply(v));
         }
     });
 }
@@ -98,7 +104,7 @@ pub(crate) fn run_direct(
     spec: &LayerSpec,
     rows: Rows<'_>,
     packed: &Packed,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let Some(f) = kernel.direct() else {
         unreachable!("run_direct is only called with direct kernels")
@@ -123,7 +129,7 @@ pub(crate) fn run_direct(
                     rows.input.as_ptr(),
                     packed.weight.as_ptr(),
                     packed.bias.as_ptr(),
-                    chunk.as_mut_ptr(),
+                    chunk.as_mut_ptr().cast::<f32>(),
                 )
             };
         });
@@ -146,7 +152,7 @@ pub(crate) fn run_gemm(
     rows: Rows<'_>,
     packed: &Packed,
     callee: GemmCalleeFn,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let Some(f) = kernel.gemm_driver() else {
         unreachable!("run_gemm is only called with GEMM-call kernels")
@@ -207,7 +213,7 @@ pub(crate) fn run_gemm(
                     packed.weight.as_ptr(),
                     packed.bias.as_ptr(),
                     s.acc.as_mut_ptr(),
-                    chunk.as_mut_ptr(),
+                    chunk.as_mut_ptr().cast::<f32>(),
                     callee,
                 )
             };

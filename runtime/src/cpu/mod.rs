@@ -201,7 +201,7 @@ impl CpuBackend {
         variant: Variant,
         layer: &SparseConv,
         rows: Rows<'_>,
-        out: &mut [f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
     ) -> Result<()> {
         let spec = layer.spec();
         let kernel = self
@@ -261,7 +261,7 @@ impl CpuBackend {
             return Ok(v);
         }
         let cout = spec.out_channels as usize;
-        let mut scratch = vec![0f32; sample_rows * cout];
+        let mut scratch = vec![std::mem::MaybeUninit::<f32>::uninit(); sample_rows * cout];
         let mut timings = Vec::new();
         let mut best = (f64::INFINITY, fallback);
         for &variant in &candidates {
@@ -337,16 +337,21 @@ impl ConvBackend for CpuBackend {
                 .iter()
                 .all(|&i| i >= -1 && (i as i64) < rulebook.n_in() as i64)
         );
-        let mut out = vec![0f32; rulebook.n_out() * cout];
-        if rulebook.n_out() == 0 {
-            return Ok(out);
+        let len = rulebook.n_out() * cout;
+        if len == 0 {
+            return Ok(Vec::new());
         }
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
         if self.options.strategy == StrategyChoice::Scalar || self.jit_status().is_err() {
-            executor::run_scalar(spec, rows, layer.weight(), layer.bias(), &mut out);
-            return Ok(out);
+            executor::run_scalar(spec, rows, layer.weight(), layer.bias(), spare);
+        } else {
+            let variant = self.choose(layer, rows)?;
+            self.run_variant(variant, layer, rows, spare)?;
         }
-        let variant = self.choose(layer, rows)?;
-        self.run_variant(variant, layer, rows, &mut out)?;
+        // SAFETY: every executor writes every element of the `len` it is given (see
+        // `executor`), and `len` ≤ capacity.
+        unsafe { out.set_len(len) };
         Ok(out)
     }
 }
