@@ -64,7 +64,7 @@ struct Args {
     /// Timed calls (the median is reported).
     #[arg(long, default_value_t = 10)]
     repeats: usize,
-    /// CPU kernel variant: auto (autotuned), direct, gemm, scalar.
+    /// CPU kernel variant: auto (autotuned), direct, gemm, scalar, gemm-crate.
     #[arg(long, default_value = "auto")]
     strategy: String,
     /// Seed of the features and weights.
@@ -344,7 +344,7 @@ fn bench_layer(
 fn run(args: &Args) -> AnyResult<()> {
     let strategy = StrategyChoice::from_name(&args.strategy).ok_or_else(|| {
         format!(
-            "unknown --strategy {}; use auto, direct, gemm or scalar",
+            "unknown --strategy {}; use auto, direct, gemm, scalar or gemm-crate",
             args.strategy
         )
     })?;

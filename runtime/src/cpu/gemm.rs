@@ -28,6 +28,80 @@ pub(crate) fn best_callee() -> (GemmCalleeFn, &'static str) {
     (gemm_pairs_portable, "portable")
 }
 
+/// The `gemm` crate (sarah-ek/gemm, its AVX-512 kernels with `x86-v4`) as a callee, kept to
+/// measure the hand-written kernel against a well-kept Rust GEMM: gathers the pairs' input
+/// rows into a contiguous `[n, cin]` tile, multiplies it by `W_k` into `[n, cout_padded]`, and
+/// adds that to the accumulator rows. Deterministic, but it sums each product block before
+/// adding it (a different rounding from the FMA chain), so it is not bitwise equal to the
+/// other kernels and the autotuner does not pick it.
+///
+/// # Safety
+/// See the module docs for the buffer contract.
+pub(crate) unsafe extern "C" fn gemm_pairs_gemm_crate(
+    input: *const f32,
+    cin: i64,
+    w_k: *const f32,
+    cout_padded: i64,
+    in_rows: *const u32,
+    out_rows: *const u32,
+    n: i64,
+    acc: *mut f32,
+) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let (cin, cout_padded, n) = (cin as usize, cout_padded as usize, n as usize);
+    SCRATCH.with_borrow_mut(|(a, tmp)| {
+        a.resize(n * cin, 0.0);
+        tmp.resize(n * cout_padded, 0.0);
+        for (p, row) in a.chunks_exact_mut(cin.max(1)).enumerate().take(n) {
+            // SAFETY: pair p exists and its input row has cin floats (module contract).
+            let x = unsafe {
+                std::slice::from_raw_parts(input.add(*in_rows.add(p) as usize * cin), cin)
+            };
+            row.copy_from_slice(x);
+        }
+        // SAFETY: a is [n, cin] row-major, W_k is [cin, cout_padded] row-major (module
+        // contract), tmp is [n, cout_padded]; strides are in elements.
+        unsafe {
+            gemm::gemm(
+                n,
+                cout_padded,
+                cin,
+                tmp.as_mut_ptr(),
+                1,
+                cout_padded as isize,
+                false,
+                a.as_ptr(),
+                1,
+                cin as isize,
+                w_k,
+                1,
+                cout_padded as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        for (p, t) in tmp.chunks_exact(cout_padded).enumerate().take(n) {
+            // SAFETY: pair p's output row of the tile has cout_padded floats (contract).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    acc.add(*out_rows.add(p) as usize * cout_padded),
+                    cout_padded,
+                )
+            };
+            for (d, &v) in dst.iter_mut().zip(t) {
+                *d += v;
+            }
+        }
+    });
+}
+
 /// Portable callee: the reference loop order with `mul_add`.
 ///
 /// # Safety

@@ -52,16 +52,22 @@ pub enum StrategyChoice {
     Gemm,
     /// Never JIT: the scalar path.
     Scalar,
+    /// The GEMM-call kernel with the `gemm` crate as its callee instead of the hand-written
+    /// AVX-512 kernel: for measuring one against the other. Deterministic and thread-count
+    /// independent, but not bitwise equal to the other variants (see
+    /// [`gemm`](self::gemm)); never chosen by `Auto`.
+    GemmCrate,
 }
 
 impl StrategyChoice {
-    /// Parses `auto`, `direct`, `gemm` or `scalar`.
+    /// Parses `auto`, `direct`, `gemm`, `scalar` or `gemm-crate`.
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "auto" => StrategyChoice::Auto,
             "direct" => StrategyChoice::Direct,
             "gemm" => StrategyChoice::Gemm,
             "scalar" => StrategyChoice::Scalar,
+            "gemm-crate" => StrategyChoice::GemmCrate,
             _ => return None,
         })
     }
@@ -215,7 +221,12 @@ impl CpuBackend {
             }
             CpuStrategy::GemmCall => {
                 let packed = Packed::gemm(&GemmLayout::new(spec), layer.weight(), layer.bias());
-                executor::run_gemm(&kernel, spec, rows, &packed, self.callee.0, out);
+                let callee = if self.options.strategy == StrategyChoice::GemmCrate {
+                    gemm::gemm_pairs_gemm_crate
+                } else {
+                    self.callee.0
+                };
+                executor::run_gemm(&kernel, spec, rows, &packed, callee, out);
             }
         }
         Ok(())
@@ -227,7 +238,7 @@ impl CpuBackend {
         let fallback = candidates[0];
         match self.options.strategy {
             StrategyChoice::Direct | StrategyChoice::Scalar => return Ok(fallback),
-            StrategyChoice::Gemm => {
+            StrategyChoice::Gemm | StrategyChoice::GemmCrate => {
                 return Ok(candidates
                     .iter()
                     .copied()
