@@ -56,4 +56,5 @@ done
 
 echo "after: $(uptime)" >> "$OUT/load.txt"
 python3 "$ROOT/scripts/compare_cpu.py" "$OUT/spconv_cpu.jsonl" "$OUT/sparsegen_cpu.jsonl" | tee "$OUT/compare.md"
+python3 "$ROOT/scripts/compare_cpu.py" "$OUT/spconv_cpu.jsonl" "$OUT/sparsegen_cpu.jsonl" --stat min > "$OUT/compare_min.md"
 cat "$OUT/load.txt"

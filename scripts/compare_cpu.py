@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side table of spconv_bench.py (CPU) and examples/bench.rs results.
 
-  python3 scripts/compare_cpu.py spconv_cpu.jsonl sparsegen_cpu.jsonl
+  python3 scripts/compare_cpu.py spconv_cpu.jsonl sparsegen_cpu.jsonl [--stat median|min]
+
+--stat min compares the fastest call of each side instead of the medians: more robust when
+the machine is shared (noise only ever adds time), but not the issue's definition.
 
 Rows are paired by (workload, layer); a ratio is spconv time / sparsegen time (> 1: we are
 faster). Prints the table, the geometric means and the issue's targets: layer >= 3x
@@ -27,11 +30,14 @@ def load(path):
     return rows
 
 
+STAT = "median"
+
+
 def med(v):
     if v is None:
         return None
     if isinstance(v, dict):
-        return v.get("median")
+        return v.get(STAT)
     return v
 
 
@@ -49,7 +55,14 @@ def geomean(vs):
 
 
 def main():
-    spconv, ours = load(sys.argv[1]), load(sys.argv[2])
+    global STAT
+    args = [a for a in sys.argv[1:] if not a.startswith("--stat")]
+    if "--stat" in sys.argv:
+        STAT = sys.argv[sys.argv.index("--stat") + 1]
+        args = [a for a in args if a != STAT]
+    spconv, ours = load(args[0]), load(args[1])
+    print(f"statistic: {STAT}")
+    print()
     print("| workload | layer | N_in | N_out | spconv map | ours map | map × | spconv conv | ours conv | conv × "
           "| spconv layer | ours layer | layer × | variant |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -61,7 +74,10 @@ def main():
         if s["n_out"] != o["n_out"] or (s["n_in"] != o["n_in"] and "invconv" not in key[1]):
             problems.append(f"{key}: sizes differ (spconv {s['n_in']}→{s['n_out']}, ours {o['n_in']}→{o['n_out']})")
         sm, sc, sl = med(s.get("indice_ms")), med(s.get("compute_ms")), med(s.get("layer_ms"))
-        om, oc, ol = o.get("map_ms"), o.get("conv_ms"), o.get("layer_ms")
+        if STAT == "median":
+            om, oc, ol = o.get("map_ms"), o.get("conv_ms"), o.get("layer_ms")
+        else:
+            om, oc, ol = (med(o.get(k)) for k in ("map_stats", "conv_stats", "layer_stats"))
         rm, rc, rl = ratio(sm, om), ratio(sc, oc), ratio(sl, ol)
         if rm:
             maps.append(rm)

@@ -394,8 +394,21 @@ fn kernels_are_cached_by_ir_and_compile_fast() {
         eprintln!("skipped: no JIT on this host");
         return;
     }
-    backend.conv(&a, &rulebook, &input).unwrap();
-    backend.conv(&b, &rulebook, &input).unwrap();
+    let ya = backend.conv(&a, &rulebook, &input).unwrap();
+    let yb = backend.conv(&b, &rulebook, &input).unwrap();
+    // Packed weights are cached per layer: the same layer again gives the same bits, and a
+    // layer of the same shape with other weights never sees the first one's packing.
+    let scalar = backend_scalar(&b, &rulebook, &input);
+    assert_eq!(bits(&yb), bits(&scalar));
+    assert_ne!(bits(&ya), bits(&yb));
+    assert_eq!(
+        bits(&ya),
+        bits(&backend.conv(&a, &rulebook, &input).unwrap())
+    );
+    assert_eq!(
+        bits(&yb),
+        bits(&backend.conv(&b, &rulebook, &input).unwrap())
+    );
     assert_eq!(
         backend.kernel_cache().len(),
         1,
@@ -409,4 +422,10 @@ fn kernels_are_cached_by_ir_and_compile_fast() {
         );
         assert!(record.jit_time.as_millis() < 1000, "{record:?}");
     }
+}
+
+fn backend_scalar(layer: &SparseConv, rulebook: &Rulebook, input: &[f32]) -> Vec<f32> {
+    backend(StrategyChoice::Scalar)
+        .conv(layer, rulebook, input)
+        .unwrap()
 }

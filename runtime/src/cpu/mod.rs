@@ -3,7 +3,7 @@
 //! [`CpuBackend`] implements [`ConvBackend`]. For each layer it asks the codegen crate for the
 //! Cranelift IR of a kernel variant ([`sparsegen_codegen::cpu`]), JIT-compiles it once through
 //! the [`KernelCache`] (keyed by a hash of the IR), packs the layer's weights into the layout
-//! the kernel was generated for, and runs it over the rulebook's output rows in parallel tiles
+//! the kernel was generated for (once per layer and layout, then cached), and runs it over the rulebook's output rows in parallel tiles
 //! ([`rayon`], all threads of the current pool). Two variants exist: the direct
 //! output-stationary `f32x4` FMA kernel, and the GEMM-call kernel whose generated loop calls a
 //! 512-bit Rust GEMM micro-kernel on each offset's gathered rows (Cranelift has no vectors
@@ -23,6 +23,7 @@ mod executor;
 pub mod gemm;
 pub mod jit;
 pub mod kernel_cache;
+mod packed_weights;
 
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ use crate::rulebook::Rulebook;
 use crate::sparse_conv::SparseConv;
 use executor::{Packed, Rows};
 use jit::GemmCalleeFn;
+use packed_weights::PackedWeights;
 
 /// Which kernel variant the backend runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +102,7 @@ pub struct CpuBackend {
     options: CpuOptions,
     kernels: KernelCache,
     tuner: Autotuner,
+    packed: PackedWeights,
     callee: (GemmCalleeFn, &'static str),
 }
 
@@ -139,6 +142,7 @@ impl CpuBackend {
             options,
             kernels: KernelCache::new(isa),
             tuner: Autotuner::new(),
+            packed: PackedWeights::default(),
             callee: gemm::best_callee(),
         }
     }
@@ -216,11 +220,23 @@ impl CpuBackend {
         match variant.strategy {
             CpuStrategy::Direct => {
                 let layout = DirectLayout::new(spec, usize::from(variant.tile.max_vectors));
-                let packed = Packed::direct(&layout, layer.weight(), layer.bias());
+                let packed = self.packed.get_or_pack(
+                    spec,
+                    (variant.strategy, variant.tile.max_vectors),
+                    layer.weight(),
+                    layer.bias(),
+                    || Packed::direct(&layout, layer.weight(), layer.bias()),
+                );
                 executor::run_direct(&kernel, spec, rows, &packed, out);
             }
             CpuStrategy::GemmCall => {
-                let packed = Packed::gemm(&GemmLayout::new(spec), layer.weight(), layer.bias());
+                let packed = self.packed.get_or_pack(
+                    spec,
+                    (variant.strategy, 0),
+                    layer.weight(),
+                    layer.bias(),
+                    || Packed::gemm(&GemmLayout::new(spec), layer.weight(), layer.bias()),
+                );
                 let callee = if self.options.strategy == StrategyChoice::GemmCrate {
                     gemm::gemm_pairs_gemm_crate
                 } else {
