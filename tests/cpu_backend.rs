@@ -169,7 +169,7 @@ fn activation(i: u8) -> Activation {
 
 prop_compose! {
     fn layer_spec()(
-        dims in 1usize..=3,
+        dims in 1usize..=4,
         kind in 0u8..4,
         k in prop::sample::select(vec![1u32, 2, 3, 5]),
         stride in 1u32..=2,
