@@ -87,7 +87,11 @@ impl HostIsa {
             return Err("the JIT's System V kernels are only called on Unix hosts".into());
         }
         let mut flags = settings::builder();
-        for (name, value) in [("opt_level", "speed"), ("is_pic", "false")] {
+        // The emitter already writes the loops it wants (loads folded into FMAs, one pass of
+        // accumulators live at a time). Cranelift's e-graph optimiser (`speed`) would sink
+        // every pure FMA to the end of its block, after all the loads, and spill most of the
+        // registers (measured: 4-7x slower kernels); `none` keeps the emitted order.
+        for (name, value) in [("opt_level", "none"), ("is_pic", "false")] {
             flags
                 .set(name, value)
                 .map_err(|e| format!("setting {name}: {e}"))?;
