@@ -3,8 +3,8 @@
 //! Sparse tensors ([`SparseTensor`] on a shared, indexed [`CoordSet`]), the coordinate index
 //! ([`CoordIndex`]), rulebooks ([`Rulebook`], [`RulebookCache`]), layers ([`SparseConv`]),
 //! the engine that runs them ([`Engine`], [`ConvBackend`]), the reference executors
-//! ([`reference`], [`dense`]) that every backend is tested against, and input reading
-//! ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
+//! ([`reference`], [`dense`]) that every backend is tested against, the Cranelift-JITed CPU
+//! backend ([`cpu::CpuBackend`]), and input reading ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
 #![deny(missing_docs)]
 
 pub mod coord_index;

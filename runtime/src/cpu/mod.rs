@@ -57,7 +57,7 @@ pub enum StrategyChoice {
     /// The GEMM-call kernel with the `gemm` crate as its callee instead of the hand-written
     /// AVX-512 kernel: for measuring one against the other. Deterministic and thread-count
     /// independent, but not bitwise equal to the other variants (see
-    /// [`gemm`](self::gemm)); never chosen by `Auto`.
+    /// the `cpu::gemm` module); never chosen by `Auto`.
     GemmCrate,
 }
 
