@@ -44,11 +44,15 @@ pub struct TuneKey {
 }
 
 impl TuneKey {
-    /// The key of `spec` over a neighbour table sample (`[rows, K]`).
-    pub fn new(spec: &LayerSpec, nbr_sample: &[i32]) -> Self {
+    /// The key of `spec` over a sample of its neighbour table: blocks of `[rows, K]` rows.
+    pub fn new(spec: &LayerSpec, sample_blocks: &[&[i32]]) -> Self {
         let k = spec.kernel_volume().max(1);
-        let rows = (nbr_sample.len() / k).max(1);
-        let pairs = nbr_sample.iter().filter(|&&i| i >= 0).count();
+        let entries: usize = sample_blocks.iter().map(|b| b.len()).sum();
+        let rows = (entries / k).max(1);
+        let pairs: usize = sample_blocks
+            .iter()
+            .map(|b| b.iter().filter(|&&i| i >= 0).count())
+            .sum();
         TuneKey {
             spec: *spec,
             density_half: ((pairs as f64 / rows as f64) * 2.0).round() as u32,

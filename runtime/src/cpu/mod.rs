@@ -273,20 +273,23 @@ impl CpuBackend {
         // sites make the first rows of a scan unlike the rest).
         let blocks = 8.min(sample_rows);
         let per_block = sample_rows / blocks;
-        let mut sample_nbr = Vec::with_capacity(per_block * blocks * k);
-        for block in 0..blocks {
-            let start = block * (n / blocks);
-            sample_nbr.extend_from_slice(&rows.nbr[start * k..(start + per_block) * k]);
+        let sample_blocks: Vec<&[i32]> = (0..blocks)
+            .map(|block| {
+                let start = block * (n / blocks);
+                &rows.nbr[start * k..(start + per_block) * k]
+            })
+            .collect();
+        let key = TuneKey::new(spec, &sample_blocks);
+        if let Some(v) = self.tuner.get(&key) {
+            return Ok(v);
         }
+        // A miss: copy the sample into one table and time every candidate on it.
+        let sample_nbr = sample_blocks.concat();
         let sample_rows = per_block * blocks;
         let sample = Rows {
             nbr: &sample_nbr,
             ..rows
         };
-        let key = TuneKey::new(spec, sample.nbr);
-        if let Some(v) = self.tuner.get(&key) {
-            return Ok(v);
-        }
         let cout = spec.out_channels as usize;
         let mut scratch = vec![std::mem::MaybeUninit::<f32>::uninit(); sample_rows * cout];
         let mut timings = Vec::new();
