@@ -27,7 +27,7 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 use sparsegen::prelude::*;
-use sparsegen::runtime::cpu::{CpuBackend, CpuOptions, StrategyChoice};
+use sparsegen::runtime::cpu::{CpuBackend, CpuOptions, GemmKernel, StrategyChoice};
 use sparsegen::runtime::io::npy;
 
 const LAYERS: &[&str] = &[
@@ -67,6 +67,9 @@ struct Args {
     /// CPU kernel variant: auto (autotuned), direct, gemm, scalar, gemm-crate.
     #[arg(long, default_value = "auto")]
     strategy: String,
+    /// GEMM micro-kernel of the GEMM-call variant: best, avx2, portable.
+    #[arg(long, default_value = "best")]
+    gemm_kernel: String,
     /// Seed of the features and weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -331,6 +334,7 @@ fn bench_layer(
         "dtype": "float32",
         "threads": threads,
         "variant": variant,
+        "gemm_kernel": cpu.map(|c| c.gemm_kernel()),
         "autotune": tune,
         "jit": jit,
         "warmup": args.warmup,
@@ -351,8 +355,15 @@ fn run(args: &Args) -> AnyResult<()> {
     let (backend, cpu): (Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>) = match args.device.as_str()
     {
         "cpu" => {
+            let gemm_kernel = GemmKernel::from_name(&args.gemm_kernel).ok_or_else(|| {
+                format!(
+                    "unknown --gemm-kernel {}; use best, avx2 or portable",
+                    args.gemm_kernel
+                )
+            })?;
             let cpu = Arc::new(CpuBackend::with_options(CpuOptions {
                 strategy,
+                gemm_kernel,
                 ..CpuOptions::default()
             }));
             if let Err(why) = cpu.jit_status() {

@@ -4,7 +4,8 @@
 //! Cranelift only has 128-bit vectors; on a host with AVX-512 the 512-bit kernel here
 //! register-blocks `MR` pairs × `NV` 16-lane vectors of output channels (24 of the 32 zmm
 //! registers hold accumulators) and reads each weight vector once per `MR` rows. The
-//! portable kernel is the same loop with `f32::mul_add`.
+//! AVX2 kernel does the same with 8-lane vectors on hosts without AVX-512, and the portable
+//! kernel is the same loop with `f32::mul_add`.
 //!
 //! Both accumulate every element as `acc = fma(x[ci], w[ci], acc)` with `ci` ascending,
 //! starting from the value already in the tile, so the sum order is that of the direct JIT
@@ -17,12 +18,59 @@
 
 use super::jit::GemmCalleeFn;
 
+/// Which GEMM micro-kernel the GEMM-call kernels call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmKernel {
+    /// The widest this host supports: AVX-512, else AVX2 + FMA, else portable.
+    #[default]
+    Best,
+    /// AVX2 + FMA (portable where the host lacks them): to measure a non-AVX-512 host here.
+    Avx2,
+    /// Plain Rust with `mul_add`.
+    Portable,
+}
+
+impl GemmKernel {
+    /// Parses `best`, `avx2` or `portable`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "best" => GemmKernel::Best,
+            "avx2" => GemmKernel::Avx2,
+            "portable" => GemmKernel::Portable,
+            _ => return None,
+        })
+    }
+}
+
+/// The callee for `choice` on this host and its name (`avx512`, `avx2`, `portable`).
+pub(crate) fn callee(choice: GemmKernel) -> (GemmCalleeFn, &'static str) {
+    match choice {
+        GemmKernel::Best => best_callee(),
+        GemmKernel::Portable => (gemm_pairs_portable, "portable"),
+        GemmKernel::Avx2 => {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return (gemm_pairs_avx2, "avx2");
+                }
+            }
+            (gemm_pairs_portable, "portable")
+        }
+    }
+}
+
 /// The best GEMM callee for this host and its name.
 pub(crate) fn best_callee() -> (GemmCalleeFn, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return (gemm_pairs_avx512, "avx512");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return (gemm_pairs_avx2, "avx2");
         }
     }
     (gemm_pairs_portable, "portable")
@@ -176,6 +224,116 @@ pub(crate) unsafe extern "C" fn gemm_pairs_avx512(
     }
 }
 
+/// AVX2 + FMA callee (8-lane vectors), for hosts without AVX-512.
+///
+/// # Safety
+/// See the module docs for the buffer contract; the host must support AVX2 and FMA
+/// ([`best_callee`] checks).
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe extern "C" fn gemm_pairs_avx2(
+    input: *const f32,
+    cin: i64,
+    w_k: *const f32,
+    cout_padded: i64,
+    in_rows: *const u32,
+    out_rows: *const u32,
+    n: i64,
+    acc: *mut f32,
+) {
+    let args = Args {
+        input,
+        cin: cin as usize,
+        w_k,
+        cout_padded: cout_padded as usize,
+        in_rows,
+        out_rows,
+        n: n as usize,
+        acc,
+    };
+    // SAFETY: AVX2 and FMA are present (only `best_callee` hands this function out, after
+    // checking), and the buffer contract is the caller's. cout_padded is a multiple of 16.
+    unsafe { avx2::columns::<2, 6>(&args) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
+    };
+
+    use super::Args;
+
+    /// All column blocks of `NV` 8-lane vectors, rows in blocks of `MR` then one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; the module's buffer contract; `8·NV` divides `cout_padded`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn columns<const NV: usize, const MR: usize>(a: &Args) {
+        let mut col = 0;
+        while col < a.cout_padded {
+            let mut p = 0;
+            while p + MR <= a.n {
+                // SAFETY: rows p..p+MR exist; forwarded contract.
+                unsafe { block::<NV, MR>(a, p, col) };
+                p += MR;
+            }
+            while p < a.n {
+                // SAFETY: as above for one row.
+                unsafe { block::<NV, 1>(a, p, col) };
+                p += 1;
+            }
+            col += NV * 8;
+        }
+    }
+
+    /// `MR` pairs starting at `p`, output channels `col..col + 8·NV`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; pairs `p..p+MR` exist; the module's buffer contract.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // [row][vector] register tiles read best indexed.
+    unsafe fn block<const NV: usize, const MR: usize>(a: &Args, p: usize, col: usize) {
+        let mut acc: [[__m256; NV]; MR] = [[_mm256_setzero_ps(); NV]; MR];
+        let mut x_rows = [std::ptr::null::<f32>(); MR];
+        let mut acc_rows = [std::ptr::null_mut::<f32>(); MR];
+        for m in 0..MR {
+            // SAFETY: pair p + m exists; its rows exist in the input and the tile, and
+            // col + 8·NV ≤ cout_padded.
+            unsafe {
+                let i = *a.in_rows.add(p + m) as usize;
+                let o = *a.out_rows.add(p + m) as usize;
+                x_rows[m] = a.input.add(i * a.cin);
+                acc_rows[m] = a.acc.add(o * a.cout_padded + col);
+                for v in 0..NV {
+                    acc[m][v] = _mm256_loadu_ps(acc_rows[m].add(8 * v));
+                }
+            }
+        }
+        for ci in 0..a.cin {
+            let mut w = [_mm256_setzero_ps(); NV];
+            for (v, wv) in w.iter_mut().enumerate() {
+                // SAFETY: W_k row ci has cout_padded floats, col + 8·v + 8 ≤ cout_padded.
+                *wv = unsafe { _mm256_loadu_ps(a.w_k.add(ci * a.cout_padded + col + 8 * v)) };
+            }
+            for m in 0..MR {
+                // SAFETY: input rows have cin floats.
+                let x = _mm256_set1_ps(unsafe { *x_rows[m].add(ci) });
+                for v in 0..NV {
+                    acc[m][v] = _mm256_fmadd_ps(x, w[v], acc[m][v]);
+                }
+            }
+        }
+        for m in 0..MR {
+            for v in 0..NV {
+                // SAFETY: the same tile elements that were loaded above.
+                unsafe { _mm256_storeu_ps(acc_rows[m].add(8 * v), acc[m][v]) };
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 struct Args {
     input: *const f32,
@@ -272,7 +430,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn avx512_and_portable_callees_agree_bitwise() {
+    fn every_callee_agrees_bitwise() {
         let (cin, cout_padded) = (37usize, 64usize);
         let n_in = 20;
         let input: Vec<f32> = (0..n_in * cin)
@@ -301,12 +459,20 @@ mod tests {
             acc
         };
         let portable = run(gemm_pairs_portable);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let (best, _) = best_callee();
-        let best = run(best);
-        assert_eq!(
-            portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            best.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        assert_eq!(bits(&portable), bits(&run(best)));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert_eq!(bits(&portable), bits(&run(gemm_pairs_avx2)));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert_eq!(bits(&portable), bits(&run(gemm_pairs_avx512)));
+            }
+        }
         assert!(portable.iter().any(|&v| v != 0.0));
     }
 }

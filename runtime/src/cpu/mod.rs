@@ -31,6 +31,7 @@ use sparsegen_codegen::cpu::{CpuStrategy, CpuTile, DirectLayout, GemmLayout};
 use sparsegen_codegen::{DType, LayerSpec};
 
 pub use autotune::{Autotuner, TuneKey, TuneRecord, Variant};
+pub use gemm::GemmKernel;
 pub use jit::{CompiledKernel, HostIsa};
 pub use kernel_cache::{JitRecord, KernelCache};
 
@@ -84,6 +85,8 @@ pub struct CpuOptions {
     pub tile: CpuTile,
     /// Rows the autotuner times each candidate on.
     pub tune_rows: usize,
+    /// The GEMM micro-kernel of the GEMM-call variant.
+    pub gemm_kernel: GemmKernel,
 }
 
 impl Default for CpuOptions {
@@ -92,6 +95,7 @@ impl Default for CpuOptions {
             strategy: StrategyChoice::Auto,
             tile: CpuTile::default(),
             tune_rows: 8192,
+            gemm_kernel: GemmKernel::Best,
         }
     }
 }
@@ -143,7 +147,7 @@ impl CpuBackend {
             kernels: KernelCache::new(isa),
             tuner: Autotuner::new(),
             packed: PackedWeights::default(),
-            callee: gemm::best_callee(),
+            callee: gemm::callee(options.gemm_kernel),
         }
     }
 
@@ -165,7 +169,7 @@ impl CpuBackend {
         }
     }
 
-    /// The GEMM micro-kernel the GEMM-call variant uses (`avx512` or `portable`).
+    /// The GEMM micro-kernel the GEMM-call variant uses (`avx512`, `avx2` or `portable`).
     pub fn gemm_kernel(&self) -> &'static str {
         self.callee.1
     }
