@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use sparsegen_codegen::LayerSpec;
 use sparsegen_codegen::cpu::{DirectLayout, GemmLayout};
 
-use super::jit::{CompiledKernel, GemmCalleeFn};
+use super::jit::{DirectFn, GemmCalleeFn, GemmDriverFn};
 
 /// Output rows per direct-kernel call: a few tiles per thread, bounded for locality.
 pub(crate) fn direct_tile_rows(rows: usize) -> usize {
@@ -98,17 +98,14 @@ pub(crate) fn run_scalar(
     });
 }
 
-/// Runs a direct kernel over `out.len() / Cout` rows.
+/// Runs a direct kernel (the entry point of a direct [`CompiledKernel`](super::CompiledKernel)) over `out.len() / Cout` rows.
 pub(crate) fn run_direct(
-    kernel: &CompiledKernel,
+    f: DirectFn,
     spec: &LayerSpec,
     rows: Rows<'_>,
     packed: &Packed,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let Some(f) = kernel.direct() else {
-        unreachable!("run_direct is only called with direct kernels")
-    };
     let cout = spec.out_channels as usize;
     let n = out.len() / cout;
     let tile = direct_tile_rows(n);
@@ -147,16 +144,13 @@ struct GemmScratch {
 
 /// Runs a GEMM-call kernel over `out.len() / Cout` rows, tiles of [`GEMM_TILE_ROWS`].
 pub(crate) fn run_gemm(
-    kernel: &CompiledKernel,
+    f: GemmDriverFn,
     spec: &LayerSpec,
     rows: Rows<'_>,
     packed: &Packed,
     callee: GemmCalleeFn,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let Some(f) = kernel.gemm_driver() else {
-        unreachable!("run_gemm is only called with GEMM-call kernels")
-    };
     let layout = GemmLayout::new(spec);
     let cout = spec.out_channels as usize;
     let k_vol = rows.kernel_volume;

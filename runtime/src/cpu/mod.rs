@@ -221,6 +221,14 @@ impl CpuBackend {
         let kernel = self
             .kernels
             .get_or_compile(spec, variant.strategy, &variant.tile)?;
+        let mismatch = |k: &CompiledKernel| Error::Jit {
+            layer: layer.name().into(),
+            message: format!(
+                "kernel {} is not a {} kernel",
+                k.name(),
+                variant.strategy.name()
+            ),
+        };
         match variant.strategy {
             CpuStrategy::Direct => {
                 let layout = DirectLayout::new(spec, usize::from(variant.tile.max_vectors));
@@ -231,7 +239,8 @@ impl CpuBackend {
                     layer.bias(),
                     || Packed::direct(&layout, layer.weight(), layer.bias()),
                 );
-                executor::run_direct(&kernel, spec, rows, &packed, out);
+                let f = kernel.direct().ok_or_else(|| mismatch(&kernel))?;
+                executor::run_direct(f, spec, rows, &packed, out);
             }
             CpuStrategy::GemmCall => {
                 let packed = self.packed.get_or_pack(
@@ -246,7 +255,8 @@ impl CpuBackend {
                 } else {
                     self.callee.0
                 };
-                executor::run_gemm(&kernel, spec, rows, &packed, callee, out);
+                let f = kernel.gemm_driver().ok_or_else(|| mismatch(&kernel))?;
+                executor::run_gemm(f, spec, rows, &packed, callee, out);
             }
         }
         Ok(())
