@@ -197,7 +197,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn every_layer_matches_the_reference(spec in layer_spec(), seed in any::<u64>(), n in 1usize..80, extent in 3u32..9) {
