@@ -136,7 +136,6 @@ pub(crate) fn run_direct(
 struct GemmScratch {
     counts: Vec<u32>,
     starts: Vec<u32>,
-    cursor: Vec<u32>,
     in_rows: Vec<u32>,
     out_rows: Vec<u32>,
     acc: Vec<f32>,
@@ -158,8 +157,7 @@ pub(crate) fn run_gemm(
     out.par_chunks_mut(tile * cout).enumerate().for_each_init(
         || GemmScratch {
             counts: vec![0; k_vol],
-            starts: vec![0; k_vol],
-            cursor: vec![0; k_vol],
+            starts: (0..k_vol).map(|k| (k * tile) as u32).collect(),
             in_rows: vec![0; tile * k_vol],
             out_rows: vec![0; tile * k_vol],
             acc: vec![0.0; tile * layout.cout_padded],
@@ -167,31 +165,21 @@ pub(crate) fn run_gemm(
         |s, (t, chunk)| {
             let n_rows = chunk.len() / cout;
             let nbr = &rows.nbr[t * tile * k_vol..(t * tile + n_rows) * k_vol];
+            // One branch-free pass: offset k's pairs go to slots k·tile.., each entry is
+            // written to the next free slot and kept (count advanced) only if present. A row
+            // has at most one pair per offset, so a segment never overflows into the next.
             s.counts.fill(0);
-            for row in nbr.chunks_exact(k_vol) {
-                for (c, &i) in s.counts.iter_mut().zip(row) {
-                    *c += u32::from(i >= 0);
-                }
-            }
-            let mut total = 0;
-            for ((start, cursor), &c) in s.starts.iter_mut().zip(&mut s.cursor).zip(&s.counts) {
-                *start = total;
-                *cursor = total;
-                total += c;
-            }
             for (r, row) in nbr.chunks_exact(k_vol).enumerate() {
                 for (k, &i) in row.iter().enumerate() {
-                    if i >= 0 {
-                        let at = s.cursor[k] as usize;
-                        s.in_rows[at] = i as u32;
-                        s.out_rows[at] = r as u32;
-                        s.cursor[k] += 1;
-                    }
+                    let at = k * tile + s.counts[k] as usize;
+                    s.in_rows[at] = i as u32;
+                    s.out_rows[at] = r as u32;
+                    s.counts[k] += u32::from(i >= 0);
                 }
             }
             s.acc[..n_rows * layout.cout_padded].fill(0.0);
             // SAFETY: counts/starts hold K entries describing disjoint ranges of the pair
-            // lists; every in_rows entry is a valid input row (rulebook invariant), every
+            // lists (segment k starts at k·tile and holds counts[k] ≤ tile pairs); every in_rows entry is a valid input row (rulebook invariant), every
             // out_rows entry is < n_rows and distinct within an offset; acc holds n_rows rows
             // of cout_padded floats; the weights and bias have the GEMM layout the kernel was
             // generated for; the kernel writes n_rows × Cout floats of `chunk`; `callee`
