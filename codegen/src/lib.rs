@@ -7,6 +7,7 @@
 //! device, a file or a cache; the runtime crate owns those effects.
 #![deny(missing_docs)]
 
+pub mod cpu;
 pub mod cuda;
 pub mod geometry;
 pub mod spec;

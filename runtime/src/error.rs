@@ -88,6 +88,14 @@ pub enum Error {
     /// compiler failure, device memory exhausted, a size beyond its indexing).
     #[error("cuda backend: {0}")]
     Cuda(#[from] crate::cuda::CudaError),
+    /// The CPU backend could not generate or JIT-compile a layer's kernel.
+    #[error("cpu backend: layer {layer}: {message}")]
+    Jit {
+        /// The layer's kernel name.
+        layer: String,
+        /// What failed (the codegen or Cranelift error).
+        message: String,
+    },
     /// A backend is not available here (no GPU, no driver, unsupported CPU) or failed.
     #[error("{backend} backend: {message}")]
     Backend {

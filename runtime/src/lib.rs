@@ -3,12 +3,15 @@
 //! Sparse tensors ([`SparseTensor`] on a shared, indexed [`CoordSet`]), the coordinate index
 //! ([`CoordIndex`]), rulebooks ([`Rulebook`], [`RulebookCache`]), layers ([`SparseConv`]),
 //! the engine that runs them ([`Engine`], [`ConvBackend`]), the reference executors
-//! ([`reference`](mod@reference), [`dense`]) that every backend is tested against, and input reading
-//! ([`io`]). The runtime owns every side effect; the codegen crate stays pure.
+//! ([`reference`](mod@reference), [`dense`]) that every backend is tested against, the
+//! Cranelift-JITed CPU backend ([`cpu::CpuBackend`]), the NVRTC-compiled CUDA backend
+//! ([`cuda::CudaBackend`]), and input reading ([`io`]). The runtime owns every side effect;
+//! the codegen crate stays pure.
 #![deny(missing_docs)]
 
 pub mod conformance;
 pub mod coord_index;
+pub mod cpu;
 pub mod cuda;
 pub mod dense;
 pub mod engine;
