@@ -188,15 +188,20 @@ impl Rulebook {
                     ..self.geometry
                 };
                 let k = self.kernel_volume;
-                let mut neighbors = crate::table_pool::take(self.input.len() * k);
-                neighbors.resize(self.input.len() * k, -1);
-                for (o, row) in self.neighbors.chunks_exact(k.max(1)).enumerate() {
-                    for (offset, &i) in row.iter().enumerate() {
-                        if i >= 0 {
-                            neighbors[i as usize * k + offset] = o as i32;
+                // Slot (i, offset) is written by the one output that input i feeds through
+                // that offset, so parallel stores never collide and the result is exact.
+                let mut neighbors = filled_table(self.input.len() * k);
+                let table = as_atomic(&mut neighbors);
+                self.neighbors
+                    .par_chunks_exact(k.max(1))
+                    .enumerate()
+                    .for_each(|(o, row)| {
+                        for (offset, &i) in row.iter().enumerate() {
+                            if i >= 0 {
+                                table[i as usize * k + offset].store(o as i32, Ordering::Relaxed);
+                            }
                         }
-                    }
-                }
+                    });
                 Arc::new(Rulebook {
                     geometry,
                     input: self.output.clone(),
@@ -434,21 +439,8 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
     let n_out = output.len();
     let len = n_out * k_total;
 
-    let mut sorted: Vec<i32> = crate::table_pool::take(len);
-    sorted.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK * k_total.max(1))
-        .for_each(|chunk| {
-            for v in chunk {
-                v.write(-1);
-            }
-        });
-    // SAFETY: the loop above initialised all `len` elements (its chunks cover the range).
-    unsafe { sorted.set_len(len) };
-    const _: () = assert!(std::mem::align_of::<AtomicI32>() == std::mem::align_of::<i32>());
-    // SAFETY: `AtomicI32` has the size and bit validity of `i32` and, as asserted above, its
-    // alignment; `sorted` is not otherwise accessed while `table` lives.
-    let table: &[AtomicI32] =
-        unsafe { &*(sorted.as_mut_slice() as *mut [i32] as *const [AtomicI32]) };
+    let mut sorted = filled_table(len);
+    let table = as_atomic(&mut sorted);
     let set = |pos: usize, k: usize, row: u32| {
         table[pos * k_total + k].store(row as i32, Ordering::Relaxed)
     };
@@ -560,6 +552,31 @@ fn gather_table(input: &CoordSet, output: &CoordSet, geometry: &Geometry) -> Vec
             row.copy_from_slice(&sorted[pos * k_total..(pos + 1) * k_total]);
         });
     table
+}
+
+/// A table of `len` entries of −1 (memory from the table pool), initialised in parallel so
+/// its pages are first touched by all cores.
+fn filled_table(len: usize) -> Vec<i32> {
+    let mut table = crate::table_pool::take(len);
+    table.spare_capacity_mut()[..len]
+        .par_chunks_mut(1 << 16)
+        .for_each(|chunk| {
+            for v in chunk {
+                v.write(-1);
+            }
+        });
+    // SAFETY: the loop above initialised all `len` elements (its chunks cover the range).
+    unsafe { table.set_len(len) };
+    table
+}
+
+const _: () = assert!(std::mem::align_of::<AtomicI32>() == std::mem::align_of::<i32>());
+
+/// An atomic view of a table, for parallel fills in which each slot is written at most once.
+fn as_atomic(table: &mut [i32]) -> &[AtomicI32] {
+    // SAFETY: `AtomicI32` has the size and bit validity of `i32` and, as asserted above, its
+    // alignment; the exclusive borrow keeps every other access out while the view lives.
+    unsafe { &*(table as *mut [i32] as *const [AtomicI32]) }
 }
 
 /// Input line keys of the leading-axis offsets for forward relations (submanifold and
