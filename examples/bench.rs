@@ -376,8 +376,9 @@ fn run(args: &Args) -> AnyResult<()> {
         "reference" => (Arc::new(ReferenceBackend::default()), None),
         "cuda" => {
             return Err(
-                "--device cuda is not built into this example yet: the CUDA backend lives in \
-                        its own branch and will plug in here through the same ConvBackend trait"
+                "--device cuda is not wired into this example yet: the CUDA backend \
+                        (sparsegen::runtime::cuda::CudaBackend) is built and NVRTC-tested, but its \
+                        timing paths (CUDA events) have not run on a GPU; see issue 5"
                     .into(),
             );
         }

@@ -25,7 +25,7 @@ struct Args {
     /// Largest accepted max abs error relative to max |spconv|.
     #[arg(long, default_value_t = 1e-5)]
     tolerance: f64,
-    /// Executor: `reference` (f32 accumulation) or `reference-f64`.
+    /// Executor: `reference` (f32 accumulation), `reference-f64` or `cpu` (the JITed backend).
     #[arg(long, default_value = "reference")]
     device: String,
 }
@@ -34,11 +34,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let engine = match args.device.as_str() {
         "reference" => Engine::reference(),
+        "cpu" => Engine::with_backend(std::sync::Arc::new(
+            sparsegen::runtime::cpu::CpuBackend::new(),
+        )),
         "reference-f64" => Engine::with_backend(std::sync::Arc::new(ReferenceBackend {
             accumulate: Accumulate::F64,
         })),
         other => {
-            eprintln!("unknown --device {other}: use reference or reference-f64");
+            eprintln!("unknown --device {other}: use reference, reference-f64 or cpu");
             return ExitCode::from(2);
         }
     };

@@ -9,6 +9,7 @@
 //! to the input sites, printing sites, pairs and time per layer.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -21,8 +22,9 @@ struct Args {
     /// A KITTI velodyne .bin (x, y, z, reflectance as f32). Default: the shared KITTI frame,
     /// or a synthetic scan when that is absent.
     scan: Option<PathBuf>,
-    /// Executor: `reference`.
-    #[arg(long, default_value = "reference")]
+    /// Executor: `auto` (CUDA when a GPU is usable, else the JITed CPU backend), `cpu`,
+    /// `cuda` or `reference`.
+    #[arg(long, default_value = "auto")]
     device: String,
 }
 
@@ -86,9 +88,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "a synthetic scan (../shared/data not found)".to_string(),
         ),
     };
+    let cuda =
+        || CudaBackend::new(CudaOptions::default()).map(|b| Engine::with_backend(Arc::new(b)));
+    let cpu = || Engine::with_backend(Arc::new(CpuBackend::new()));
     let engine = match args.device.as_str() {
+        "auto" => cuda().unwrap_or_else(|e| {
+            println!("no usable GPU ({e}); running on the CPU");
+            cpu()
+        }),
+        "cpu" => cpu(),
+        "cuda" => cuda()?,
         "reference" => Engine::reference(),
-        other => return Err(format!("unknown --device {other}: use reference").into()),
+        other => {
+            return Err(
+                format!("unknown --device {other}: use auto, cpu, cuda or reference").into(),
+            );
+        }
     };
     let t = Instant::now();
     let x = Voxelizer::KITTI.voxelize(&cloud)?;

@@ -30,6 +30,8 @@ pub mod prelude {
     pub use sparsegen_codegen::{
         Activation, ConvKind, DType, Extent, Geometry, LayerSpec, LayerSpecBuilder, SpecError,
     };
+    pub use sparsegen_runtime::cpu::{CpuBackend, CpuOptions};
+    pub use sparsegen_runtime::cuda::{CudaBackend, CudaOptions};
     pub use sparsegen_runtime::io::voxelizer::Voxelizer;
     pub use sparsegen_runtime::{
         Accumulate, ConvBackend, CoordSet, Engine, Error, ReferenceBackend, Rulebook,
