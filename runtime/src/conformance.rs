@@ -29,12 +29,8 @@ pub struct Workload {
     pub dir: PathBuf,
     /// Folder name (e.g. `lidar_4000`).
     pub name: String,
-    /// Coordinates `[N, 1 + dims]`.
-    pub coords: Vec<i32>,
-    /// Spatial shape.
-    pub spatial_shape: Vec<u32>,
-    /// Batch size.
-    pub batch_size: u32,
+    /// The sites, validated and indexed once for all its layers.
+    pub sites: Arc<CoordSet>,
 }
 
 /// The kind of a dumped layer, as spconv's harness names it.
@@ -162,15 +158,13 @@ impl Workload {
             name: dir
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            coords: coords.data,
-            spatial_shape: shape,
-            batch_size,
+            sites: Arc::new(CoordSet::new(coords.data, &shape, batch_size)?),
         })
     }
 
     /// Spatial dims.
     pub fn dims(&self) -> usize {
-        self.spatial_shape.len()
+        self.sites.dims()
     }
 
     /// The layers dumped for this workload, sorted by name.
@@ -245,11 +239,7 @@ pub fn check_layer(
     layers: &[DumpLayer],
 ) -> Result<Vec<LayerReport>> {
     let dims = workload.dims();
-    let input_set = Arc::new(CoordSet::new(
-        workload.coords.clone(),
-        &workload.spatial_shape,
-        workload.batch_size,
-    )?);
+    let input_set = workload.sites.clone();
     let weight_path = layer.dir.join("weight_krsc.npy");
     let weight = npy::read_f32(&weight_path)?;
     let mut expected_shape = vec![None; dims + 2];

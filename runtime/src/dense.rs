@@ -62,17 +62,14 @@ pub fn conv(
             .collect();
         grid[flat(&c, &in_shape)] = row as i64;
     }
-    // Candidate output sites and the output shape.
-    let (out_shape, candidates): (Vec<u32>, Vec<Vec<i64>>) = match spec.kind {
-        ConvKind::Submanifold => (in_shape.clone(), rows_of(input.coords(), width)),
+    // Candidate output sites.
+    let candidates: Vec<Vec<i64>> = match spec.kind {
+        ConvKind::Submanifold => rows_of(input.coords(), width),
         ConvKind::Inverse => {
             let partner = partner_input.ok_or(Error::NoPartner {
                 layer: layer.clone(),
             })?;
-            (
-                partner.spatial_shape().to_vec(),
-                rows_of(partner.coords(), width),
-            )
+            rows_of(partner.coords(), width)
         }
         ConvKind::Strided | ConvKind::Transposed => {
             let out_shape = g
@@ -95,12 +92,10 @@ pub fn conv(
                 c[0] = rest as i64;
                 all.push(c.clone());
             }
-            (out_shape, all)
+            all
         }
     };
-    let _ = out_shape;
     let kvol = spec.kernel_volume();
-    let cin = spec.in_channels as usize;
     let cout = spec.out_channels as usize;
     let cin_g = spec.in_per_group() as usize;
     let cout_g = spec.out_per_group() as usize;
@@ -160,7 +155,6 @@ pub fn conv(
             features.push(f64::from(spec.activation.apply((a + b) as f32)));
         }
     }
-    let _ = cin;
     Ok(DenseOutput { coords, features })
 }
 
