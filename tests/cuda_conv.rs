@@ -288,7 +288,7 @@ fn cuda_device_rulebook_matches_host_rulebook() {
         let output = (case.spec.kind == sparsegen::codegen::ConvKind::Inverse)
             .then(|| rulebook.output().as_ref());
         let device = cuda
-            .build_rulebook(rulebook.input(), &geometry, output)
+            .build_rulebook_from_host(rulebook.input(), &geometry, output)
             .unwrap();
         let (coords, nbr, masks) = device.to_host(cuda.device().stream()).unwrap();
         assert_eq!(
@@ -321,7 +321,7 @@ fn cuda_device_rulebook_and_plan_run_the_conv() {
             let output = (case.spec.kind == sparsegen::codegen::ConvKind::Inverse)
                 .then(|| rulebook.output().as_ref());
             let device = cuda
-                .build_rulebook(rulebook.input(), &case.spec.geometry(), output)
+                .build_rulebook_from_host(rulebook.input(), &case.spec.geometry(), output)
                 .unwrap();
             let tile = sparsegen::codegen::cuda::conv_candidates(&case.spec, cuda.target())[0];
             // The device plan is the host plan for masks of at most 32 offsets.

@@ -418,7 +418,7 @@ impl CudaBackend {
             Ok(DevicePlan::Tiles(Arc::new(DeviceTiles {
                 tiles: plan.tiles(),
                 efficiency: plan.efficiency(rulebook),
-                nbr: upload(rulebook.neighbors(), "neighbour table")?,
+                nbr: Arc::new(upload(rulebook.neighbors(), "neighbour table")?),
                 order: upload(&plan.order, "tile row order")?,
                 starts: upload(&plan.tile_offset_start, "tile offset starts")?,
                 offsets: upload(&plan.tile_offsets, "tile offsets")?,

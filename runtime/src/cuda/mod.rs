@@ -47,6 +47,7 @@ pub mod plan;
 pub mod plan_cache;
 pub mod pool;
 pub mod rulebook_gpu;
+pub mod tensor;
 pub mod timer;
 
 use std::path::PathBuf;
@@ -58,6 +59,7 @@ pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};
 pub use nvrtc::Nvrtc;
 pub use plan::TilePlan;
 pub use rulebook_gpu::DeviceRulebook;
+pub use tensor::{DeviceCoords, DeviceCoordsId, DeviceFeatures, DeviceTensor};
 
 /// The one environment variable the CUDA backend reads: when set to a folder, every generated
 /// kernel's CUDA C is written there as `<entry>.cu` before it is compiled.

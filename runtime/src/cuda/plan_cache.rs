@@ -54,8 +54,8 @@ pub struct DeviceTiles {
     pub tiles: usize,
     /// Useful products per product (see `TilePlan::efficiency`).
     pub efficiency: f64,
-    /// `[N_out, K]` neighbour table.
-    pub nbr: CudaSlice<i32>,
+    /// `[N_out, K]` neighbour table (shared with the device rulebook it came from).
+    pub nbr: Arc<CudaSlice<i32>>,
     /// Rows in tile order.
     pub order: CudaSlice<i32>,
     /// Tile offset list starts.

@@ -7,12 +7,15 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use sparsegen_codegen::cuda::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, rulebook_kernels};
 use sparsegen_codegen::{ConvKind, Geometry};
 
+use std::sync::Arc;
+
 use crate::coord_index::KeyPacking;
 use crate::tensor::CoordSet;
 
 use super::backend::CudaBackend;
 use super::error::CudaError;
 use super::plan_cache::DeviceTiles;
+use super::tensor::DeviceCoords;
 
 /// A rulebook in device memory.
 #[derive(Debug)]
@@ -27,10 +30,13 @@ pub struct DeviceRulebook {
     pub kernel_volume: usize,
     /// Mask words per output row.
     pub mask_words: usize,
-    /// Output coordinates `[n_out, 1 + dims]` (for submanifold and inverse: the given sites).
-    pub out_coords: CudaSlice<i32>,
-    /// `[n_out, K]` input row per offset, or −1.
-    pub neighbors: CudaSlice<i32>,
+    /// The input sites.
+    pub input: Arc<DeviceCoords>,
+    /// The output sites (for submanifold: the input's; for inverse: the given sites; for
+    /// strided and transposed: made on the device, sorted `(b, z, y, x)`).
+    pub output: Arc<DeviceCoords>,
+    /// `[n_out, K]` input row per offset, or −1 (shared with the launch plans made from it).
+    pub neighbors: Arc<CudaSlice<i32>>,
     /// `[n_out, mask_words]` offset masks.
     pub masks: CudaSlice<u32>,
 }
@@ -51,13 +57,46 @@ fn table_capacity(keys: usize) -> usize {
 }
 
 impl CudaBackend {
-    /// Builds the rulebook of `geometry` over `input` on the device. An inverse geometry needs
-    /// `output`: the input sites of its paired strided convolution (the sites it restores).
-    pub fn build_rulebook(
+    /// Copies a validated coordinate set to the device.
+    pub fn upload_coords(&self, set: &CoordSet) -> Result<Arc<DeviceCoords>, CudaError> {
+        super::tensor::check_host_coords(set)?;
+        let coords = self
+            .device()
+            .stream()
+            .clone_htod(set.coords())
+            .map_err(CudaError::driver(
+                "cuMemcpyHtoD",
+                "coordinates",
+                std::mem::size_of_val(set.coords()),
+            ))?;
+        Ok(Arc::new(DeviceCoords::from_parts(
+            coords,
+            set.len(),
+            set.spatial_shape().to_vec(),
+            set.batch_size(),
+        )))
+    }
+
+    /// [`Self::build_rulebook`] from host coordinate sets (uploaded first).
+    pub fn build_rulebook_from_host(
         &self,
         input: &CoordSet,
         geometry: &Geometry,
         output: Option<&CoordSet>,
+    ) -> Result<DeviceRulebook, CudaError> {
+        let input = self.upload_coords(input)?;
+        let output = output.map(|o| self.upload_coords(o)).transpose()?;
+        self.build_rulebook(&input, geometry, output.as_ref())
+    }
+
+    /// Builds the rulebook of `geometry` over `input` on the device. An inverse geometry needs
+    /// `output`: the input sites of its paired strided convolution (the sites it restores).
+    /// Nothing but the strided output count crosses to the host.
+    pub fn build_rulebook(
+        &self,
+        input: &Arc<DeviceCoords>,
+        geometry: &Geometry,
+        output: Option<&Arc<DeviceCoords>>,
     ) -> Result<DeviceRulebook, CudaError> {
         let kernels = rulebook_kernels(geometry);
         let name = kernels.prefix.clone();
@@ -83,15 +122,21 @@ impl CudaBackend {
                 .alloc_zeros::<i32>(len.max(1))
                 .map_err(driver("cuMemAlloc", what, len * 4))
         };
+        if input.dims() != geometry.dims() {
+            return Err(CudaError::Shape {
+                layer: name.clone(),
+                message: format!(
+                    "the sites have {} spatial axes but the layer {}",
+                    input.dims(),
+                    geometry.dims()
+                ),
+            });
+        }
         let in_shape = shape4(input.spatial_shape());
-        let in_coords = stream.clone_htod(input.coords()).map_err(driver(
-            "cuMemcpyHtoD",
-            "input coordinates",
-            input.coords().len() * 4,
-        ))?;
+        let in_coords = input.buffer();
 
-        let (out_coords, n_out) = match geometry.kind {
-            ConvKind::Submanifold => (in_coords.clone(), n_in),
+        let output = match geometry.kind {
+            ConvKind::Submanifold => input.clone(),
             ConvKind::Inverse => {
                 let sites = output.ok_or_else(|| CudaError::Shape {
                     layer: name.clone(),
@@ -99,12 +144,13 @@ impl CudaBackend {
                         "an inverse rulebook needs the sites its paired strided convolution read"
                             .into(),
                 })?;
-                let coords = stream.clone_htod(sites.coords()).map_err(driver(
-                    "cuMemcpyHtoD",
-                    "output coordinates",
-                    sites.coords().len() * 4,
-                ))?;
-                (coords, sites.len())
+                if sites.dims() != geometry.dims() {
+                    return Err(CudaError::Shape {
+                        layer: name.clone(),
+                        message: "the restored sites have another number of axes".into(),
+                    });
+                }
+                sites.clone()
             }
             ConvKind::Strided | ConvKind::Transposed => {
                 let out_shape_u =
@@ -140,7 +186,7 @@ impl CudaBackend {
                 let expand = function("expand")?;
                 let n_in_i = n_in as i32;
                 let mut b = stream.launch_builder(&expand);
-                b.arg(&in_coords).arg(&n_in_i).arg(&mut cand);
+                b.arg(in_coords).arg(&n_in_i).arg(&mut cand);
                 for s in &out_shape {
                     b.arg(s);
                 }
@@ -208,9 +254,15 @@ impl CudaBackend {
                 }
                 // SAFETY: (keys, n, coords, o0..o3) as generated; coords holds n rows.
                 unsafe { b.launch(grid_1d(n_unique as u64)) }.map_err(launch_error)?;
-                (coords, n_unique)
+                Arc::new(DeviceCoords::from_parts(
+                    coords,
+                    n_unique,
+                    out_shape_u,
+                    input.batch_size(),
+                ))
             }
         };
+        let n_out = output.len();
 
         let capacity = table_capacity(n_in);
         let mut table = stream
@@ -224,7 +276,7 @@ impl CudaBackend {
         let insert = function("insert")?;
         let (n_in_i, mask) = (n_in as i32, (capacity - 1) as u64);
         let mut b = stream.launch_builder(&insert);
-        b.arg(&in_coords)
+        b.arg(in_coords)
             .arg(&n_in_i)
             .arg(&mut table)
             .arg(&mut values)
@@ -244,7 +296,7 @@ impl CudaBackend {
         let probe = function("neighbors")?;
         let n_out_i = n_out as i32;
         let mut b = stream.launch_builder(&probe);
-        b.arg(&out_coords)
+        b.arg(output.buffer())
             .arg(&n_out_i)
             .arg(&table)
             .arg(&values)
@@ -262,8 +314,9 @@ impl CudaBackend {
             n_out,
             kernel_volume: k,
             mask_words: words,
-            out_coords,
-            neighbors,
+            input: input.clone(),
+            output,
+            neighbors: Arc::new(neighbors),
             masks,
         })
     }
@@ -384,15 +437,10 @@ impl CudaBackend {
         // SAFETY: (tile_union, starts, tiles, offsets) as generated; offsets holds the scan's
         // total, and each tile writes exactly its count from its start.
         unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
-        let nbr = rulebook.neighbors.try_clone().map_err(driver(
-            "cuMemcpyDtoD",
-            "neighbour table",
-            rulebook.neighbors.len() * 4,
-        ))?;
         Ok(DeviceTiles {
             tiles,
             efficiency: f64::NAN,
-            nbr,
+            nbr: rulebook.neighbors.clone(),
             order,
             starts: starts_d,
             offsets,
@@ -418,14 +466,10 @@ impl DeviceRulebook {
             call: "cuMemcpyDtoH",
             source,
         };
-        let width = if self.n_out == 0 {
-            0
-        } else {
-            self.out_coords.len() / self.n_out.max(1)
-        };
-        let mut coords = stream.clone_dtoh(&self.out_coords).map_err(copy)?;
+        let width = self.output.width();
+        let mut coords = stream.clone_dtoh(self.output.buffer()).map_err(copy)?;
         coords.truncate(self.n_out * width);
-        let mut nbr = stream.clone_dtoh(&self.neighbors).map_err(copy)?;
+        let mut nbr = stream.clone_dtoh(self.neighbors.as_ref()).map_err(copy)?;
         nbr.truncate(self.n_out * self.kernel_volume);
         let mut masks = stream.clone_dtoh(&self.masks).map_err(copy)?;
         masks.truncate(self.n_out * self.mask_words);
