@@ -69,6 +69,13 @@ impl TuningKey {
             n_out.max(1).next_power_of_two()
         ))
     }
+
+    /// The key of the same layer run on device-resident tensors (output-stationary tiles
+    /// only, plans made on the device): tuned apart from the host-rulebook path.
+    pub fn resident(sm: SmVersion, spec: &LayerSpec, n_out: usize) -> Self {
+        let TuningKey(key) = Self::new(sm, spec, n_out);
+        TuningKey(format!("{key} resident"))
+    }
 }
 
 /// Chosen tiles, by key, with the time that won.

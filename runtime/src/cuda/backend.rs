@@ -128,7 +128,33 @@ impl CudaBackend {
         Ok(conv_kernel(layer.spec(), tile, self.target)?)
     }
 
-    fn function(&self, kernel: &ConvKernel) -> Result<CudaFunction, CudaError> {
+    /// The options the backend was opened with.
+    pub fn options(&self) -> &CudaOptions {
+        &self.options
+    }
+
+    /// The stored tuning choice for `key` among `candidates`.
+    pub(crate) fn tuning_choice(&self, key: &TuningKey, candidates: &[Variant]) -> Option<Variant> {
+        self.tuning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .choice(key, candidates)
+    }
+
+    /// Records (and persists) a tuning choice.
+    pub(crate) fn tuning_record(
+        &self,
+        key: TuningKey,
+        variant: &Variant,
+        ms: f32,
+    ) -> Result<(), CudaError> {
+        self.tuning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(key, variant, ms)
+    }
+
+    pub(crate) fn function(&self, kernel: &ConvKernel) -> Result<CudaFunction, CudaError> {
         self.load_function(&kernel.entry, &kernel.source, &kernel.entry)
     }
 

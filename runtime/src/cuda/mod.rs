@@ -46,6 +46,7 @@ pub mod nvrtc;
 pub mod plan;
 pub mod plan_cache;
 pub mod pool;
+pub mod resident;
 pub mod rulebook_gpu;
 pub mod tensor;
 pub mod timer;
@@ -58,6 +59,7 @@ pub use error::CudaError;
 pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};
 pub use nvrtc::Nvrtc;
 pub use plan::TilePlan;
+pub use resident::{DeviceConv, DeviceRulebookCache, ResidentRun};
 pub use rulebook_gpu::DeviceRulebook;
 pub use tensor::{DeviceCoords, DeviceCoordsId, DeviceFeatures, DeviceTensor};
 
