@@ -3,21 +3,29 @@
 //! the two can be read side by side.
 //!
 //! ```text
-//! cargo run --release --example bench -- --device cpu --workload DIR [--layers subm3_c16,...]
-//!     [--json OUT] [--threads N] [--warmup 3] [--repeats 10] [--strategy auto|direct|gemm|scalar]
+//! cargo run --release --example bench -- --device cpu|cuda|reference --workload DIR
+//!     [--dtype float32|float16|bfloat16] [--layers subm3_c16,...] [--json OUT] [--threads N]
+//!     [--warmup 3] [--repeats 10] [--cached-rulebook] [--strategy auto|direct|gemm|scalar]
 //! ```
 //!
 //! Per layer, medians after warm-up (milliseconds):
-//! * `map_ms` — the kernel map alone: indexing the input coordinates (`CoordSet::new`) plus
-//!   building the rulebook. `null` for the inverse conv, which reuses its partner's map.
-//! * `conv_ms` — the convolution alone on a built map.
+//! * `map_ms` — the kernel map alone: on the CPU, indexing the input coordinates
+//!   (`CoordSet::new`) plus building the rulebook; on CUDA, the device rulebook plus the
+//!   launch plan (rows sorted by offset mask), from coordinates already on the device. `null`
+//!   for the inverse conv, which reuses its partner's map.
+//! * `conv_ms` — the convolution alone on a built map (CUDA: with features, weights, rulebook
+//!   and plan on the device; `kernel_ms` is the same launch timed by CUDA events).
 //! * `layer_ms` — the whole layer on fresh coordinates and a fresh rulebook cache: the map,
-//!   the conv (and for the inverse conv, transposing its partner's map), output tensor.
+//!   the conv (and for the inverse conv, its map from the partner's), output tensor. On CUDA
+//!   the inputs are on the device already, as in spconv's harness, and every timed call ends
+//!   with a stream synchronisation (spconv's `torch.cuda.synchronize()`).
+//!   With `--cached-rulebook` the rulebook cache is warm instead: the layer as it runs when an
+//!   earlier layer of the network already built its map (spconv's shared `indice_key`).
 //!
 //! One JSON line per layer is appended to `--json` (and printed): `lib`, `workload`, `layer`,
-//! `n_in`, `n_out`, `map_ms`, `conv_ms`, `layer_ms`, `device`, `dtype`, `threads`, plus the
-//! kernel variant, JIT times and the full timing lists. `--device` is `cpu`, `reference`, or
-//! `cuda` (not built into this example yet: a clear error).
+//! `n_in`, `n_out`, `map_ms`, `conv_ms`, `layer_ms`, `device`, `dtype`, `threads`,
+//! `rulebook` (`fresh` or `cached`), plus the kernel variant, JIT or tile details and the full
+//! timing lists. `--dtype` other than float32 needs `--device cuda`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +36,9 @@ use clap::Parser;
 use serde_json::json;
 use sparsegen::prelude::*;
 use sparsegen::runtime::cpu::{CpuBackend, CpuOptions, GemmKernel, StrategyChoice};
+use sparsegen::runtime::cuda::{
+    CudaBackend, CudaOptions, DeviceCoords, DeviceRulebookCache, DeviceTensor,
+};
 use sparsegen::runtime::io::npy;
 
 const LAYERS: &[&str] = &[
@@ -46,6 +57,13 @@ struct Args {
     /// cpu, cuda or reference.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Storage and compute dtype: float32, float16 or bfloat16 (f32/f16/bf16); half
+    /// precisions run on CUDA only (f32 accumulation).
+    #[arg(long, default_value = "float32")]
+    dtype: String,
+    /// Time `layer_ms` with a warm rulebook cache (the map built by an earlier layer).
+    #[arg(long)]
+    cached_rulebook: bool,
     /// A folder with coords.npy and workload.json from workloads.py.
     #[arg(long)]
     workload: PathBuf,
@@ -120,7 +138,7 @@ fn load_workload(dir: &Path) -> AnyResult<Workload> {
 }
 
 /// The spec of a harness layer name.
-fn layer_spec(name: &str) -> AnyResult<LayerSpec> {
+fn layer_spec(name: &str, dtype: DType) -> AnyResult<LayerSpec> {
     let subm = |k: u32, c: u32| {
         LayerSpec::builder(ConvKind::Submanifold, 3)
             .kernel(k)
@@ -137,7 +155,26 @@ fn layer_spec(name: &str) -> AnyResult<LayerSpec> {
         "invconv3_c64_32" => strided(ConvKind::Inverse).channels(64, 32),
         other => return Err(format!("unknown layer {other}; known: {}", LAYERS.join(", ")).into()),
     };
-    Ok(builder.build()?)
+    Ok(builder.dtype(dtype).build()?)
+}
+
+/// A `--dtype` value: the harness's names (`float32`, ...) or ours (`f32`, ...).
+fn parse_dtype(name: &str) -> AnyResult<DType> {
+    match name {
+        "float32" | "f32" => Ok(DType::F32),
+        "float16" | "f16" => Ok(DType::F16),
+        "bfloat16" | "bf16" => Ok(DType::Bf16),
+        other => Err(format!("unknown --dtype {other}; use float32, float16 or bfloat16").into()),
+    }
+}
+
+/// The harness's name of a dtype (spconv's JSON lines use these).
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::Bf16 => "bfloat16",
+    }
 }
 
 /// Deterministic uniform floats in [-1, 1).
@@ -213,7 +250,7 @@ fn bench_layer(
     cpu: Option<&CpuBackend>,
     threads: usize,
 ) -> AnyResult<serde_json::Value> {
-    let spec = layer_spec(name)?;
+    let spec = layer_spec(name, DType::F32)?;
     let cin = spec.in_channels as usize;
     let (w, r) = (args.warmup, args.repeats);
     let base_set = Arc::new(CoordSet::new(wl.coords.clone(), &wl.shape, wl.batch_size)?);
@@ -244,23 +281,37 @@ fn bench_layer(
             || Ok(()),
             |()| Ok(backend.conv(&layer, &inv, &input)?),
         )?;
-        layer_stats = time(
-            w,
-            r,
-            || {
-                let engine = Engine::with_backend(backend.clone());
-                // The strided partner's map, built into this engine's cache untimed (spconv's
-                // inverse layer reuses its partner's indice key too); its transpose is timed.
-                let out_set = engine
-                    .rulebooks()
-                    .get_or_build(&base_set, &strided, name)?
-                    .output()
-                    .clone();
-                let t = SparseTensor::on(out_set, input.clone(), cin)?;
-                Ok((engine, t))
-            },
-            |(engine, t)| Ok(layer.forward(&engine, &t)?),
-        )?;
+        let with_partner = || -> AnyResult<(Engine, Arc<CoordSet>)> {
+            let engine = Engine::with_backend(backend.clone());
+            // The strided partner's map, built into this engine's cache untimed (spconv's
+            // inverse layer reuses its partner's indice key too); its transpose is timed.
+            let out_set = engine
+                .rulebooks()
+                .get_or_build(&base_set, &strided, name)?
+                .output()
+                .clone();
+            Ok((engine, out_set))
+        };
+        layer_stats = if args.cached_rulebook {
+            // Warm: the transpose too is in the cache after the first (warm-up) call.
+            let (engine, out_set) = with_partner()?;
+            time(
+                w.max(1),
+                r,
+                || Ok(SparseTensor::on(out_set.clone(), input.clone(), cin)?),
+                |t| Ok(layer.forward(&engine, &t)?),
+            )?
+        } else {
+            time(
+                w,
+                r,
+                || {
+                    let (engine, out_set) = with_partner()?;
+                    Ok((engine, SparseTensor::on(out_set, input.clone(), cin)?))
+                },
+                |(engine, t)| Ok(layer.forward(&engine, &t)?),
+            )?
+        };
     } else {
         let rb = RulebookCache::new().get_or_build(&base_set, &spec.geometry(), name)?;
         let input = floats(args.seed ^ 0x5eed_0002, rb.n_in() * cin);
@@ -277,21 +328,34 @@ fn bench_layer(
             },
         )?);
         conv = time(w, r, || Ok(()), |()| Ok(backend.conv(&layer, &rb, &input)?))?;
-        layer_stats = time(
-            w,
-            r,
-            || {
-                Ok((
-                    Engine::with_backend(backend.clone()),
-                    wl.coords.clone(),
-                    input.clone(),
-                ))
-            },
-            |(engine, coords, feats)| {
-                let x = SparseTensor::new(coords, feats, cin, &wl.shape, wl.batch_size)?;
-                Ok(layer.forward(&engine, &x)?)
-            },
-        )?;
+        let warm = Engine::with_backend(backend.clone());
+        layer_stats = if args.cached_rulebook {
+            // The map an earlier layer built on the same coordinates: a warm rulebook cache.
+            warm.rulebooks()
+                .get_or_build(&base_set, &spec.geometry(), name)?;
+            time(
+                w,
+                r,
+                || Ok(SparseTensor::on(base_set.clone(), input.clone(), cin)?),
+                |x| Ok(layer.forward(&warm, &x)?),
+            )?
+        } else {
+            time(
+                w,
+                r,
+                || {
+                    Ok((
+                        Engine::with_backend(backend.clone()),
+                        wl.coords.clone(),
+                        input.clone(),
+                    ))
+                },
+                |(engine, coords, feats)| {
+                    let x = SparseTensor::new(coords, feats, cin, &wl.shape, wl.batch_size)?;
+                    Ok(layer.forward(&engine, &x)?)
+                },
+            )?
+        };
     }
     let kernel_name = spec.kernel_name();
     let (variant, tune, jit) = match cpu {
@@ -333,6 +397,7 @@ fn bench_layer(
         "backend": backend.name(),
         "dtype": "float32",
         "threads": threads,
+        "rulebook": if args.cached_rulebook { "cached" } else { "fresh" },
         "variant": variant,
         "gemm_kernel": cpu.map(|c| c.gemm_kernel()),
         "autotune": tune,
@@ -345,16 +410,200 @@ fn bench_layer(
     }))
 }
 
-fn run(args: &Args) -> AnyResult<()> {
-    let strategy = StrategyChoice::from_name(&args.strategy).ok_or_else(|| {
-        format!(
-            "unknown --strategy {}; use auto, direct, gemm, scalar or gemm-crate",
-            args.strategy
+/// `time` for device work: the stream is drained before the clock starts and after `f`.
+fn time_cuda<P, T>(
+    cuda: &CudaBackend,
+    warmup: usize,
+    repeats: usize,
+    mut prepare: impl FnMut() -> AnyResult<P>,
+    mut f: impl FnMut(P) -> AnyResult<T>,
+) -> AnyResult<Stats> {
+    time(
+        warmup,
+        repeats,
+        || {
+            let p = prepare()?;
+            cuda.synchronize()?;
+            Ok(p)
+        },
+        |p| {
+            let out = f(p)?;
+            cuda.synchronize()?;
+            Ok(out)
+        },
+    )
+}
+
+/// One harness layer on the GPU, with inputs, weights (and for `conv_ms`, the map) resident
+/// on the device before the clock starts.
+fn bench_layer_cuda(
+    args: &Args,
+    wl: &Workload,
+    name: &str,
+    cuda: &CudaBackend,
+    dtype: DType,
+) -> AnyResult<serde_json::Value> {
+    let spec = layer_spec(name, dtype)?;
+    let cin = spec.in_channels as usize;
+    let (w, r) = (args.warmup, args.repeats);
+    let geometry = spec.geometry();
+    let base_set = CoordSet::new(wl.coords.clone(), &wl.shape, wl.batch_size)?;
+    let base = cuda.upload_coords(&base_set)?;
+    let layer = SparseConv::new(
+        spec,
+        floats(args.seed ^ 0x5eed_0001, spec.weight_len()),
+        None,
+    )?;
+    let conv = cuda.prepare(&layer)?;
+    // A cache holding what the layer's input needs before the layer runs: nothing, or for the
+    // inverse conv its strided partner's map (built untimed, as spconv reuses its indice key).
+    let inverse = spec.kind == ConvKind::Inverse;
+    let input_cache = || -> AnyResult<(DeviceRulebookCache, Arc<DeviceCoords>)> {
+        let cache = DeviceRulebookCache::new();
+        if inverse {
+            let partner = cache.rulebook(cuda, &base, &geometry.as_strided(), name)?;
+            let sites = partner.output.clone();
+            Ok((cache, sites))
+        } else {
+            Ok((cache, base.clone()))
+        }
+    };
+    let (warm, sites) = input_cache()?;
+    let input = floats(args.seed ^ 0x5eed_0002, sites.len() * cin);
+    let x = cuda.upload_features(sites, &input, cin, dtype)?;
+    // First call: compiles (or loads) the kernels, tunes the tile, builds map and plan.
+    let t0 = Instant::now();
+    let first = cuda.forward_with(&conv, &x, &warm, None, true)?;
+    let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let tile = first.tile;
+    let (n_in, n_out) = (x.len(), first.output.len());
+    drop(first);
+    // Pairs are counted on the host (not part of any timing).
+    let pairs = {
+        let host = RulebookCache::new();
+        let base_arc = Arc::new(base_set);
+        let rb = if inverse {
+            let partner = host.get_or_build(&base_arc, &geometry.as_strided(), name)?;
+            host.get_or_build(partner.output(), &geometry, name)?
+        } else {
+            host.get_or_build(&base_arc, &geometry, name)?
+        };
+        rb.n_pairs()
+    };
+
+    let map = if inverse {
+        None
+    } else {
+        Some(time_cuda(
+            cuda,
+            w,
+            r,
+            || Ok(DeviceRulebookCache::new()),
+            |cache| {
+                let rb = cache.rulebook(cuda, &base, &geometry, name)?;
+                cache.plan(cuda, &rb, tile.block_rows() as usize)?;
+                Ok(cache)
+            },
+        )?)
+    };
+    let forward = |cache: &DeviceRulebookCache, x: &DeviceTensor| -> AnyResult<DeviceTensor> {
+        Ok(cuda
+            .forward_with(&conv, x, cache, Some(tile), false)?
+            .output)
+    };
+    let conv_stats = time_cuda(cuda, w, r, || Ok(()), |()| forward(&warm, &x))?;
+    let mut kernel = Vec::with_capacity(r);
+    for _ in 0..r {
+        let run = cuda.forward_with(&conv, &x, &warm, Some(tile), true)?;
+        kernel.push(f64::from(run.kernel_ms.unwrap_or(f32::NAN)));
+    }
+    let kernel = Stats { all: kernel };
+    let layer_stats = if args.cached_rulebook {
+        time_cuda(cuda, w, r, || Ok(()), |()| forward(&warm, &x))?
+    } else {
+        time_cuda(
+            cuda,
+            w,
+            r,
+            || {
+                let (cache, sites) = input_cache()?;
+                // Same sites, same features: only the (fresh) rulebook cache differs.
+                let x = DeviceTensor::new(sites, x.features().try_clone()?, cin)?;
+                Ok((cache, x))
+            },
+            |(cache, x)| forward(&cache, &x),
+        )?
+    };
+    let cache_stats = cuda.kernel_cache().stats();
+    let prefix = spec.kernel_name();
+    let nvrtc: Vec<serde_json::Value> = cuda
+        .kernel_cache()
+        .kernels()
+        .into_iter()
+        .filter(|k| k.entry.starts_with(&prefix))
+        .map(|k| {
+            json!({"kernel": k.entry,
+                   "compile_ms": k.compile_time.map(|t| round(t.as_secs_f64() * 1e3))})
+        })
+        .collect();
+    Ok(json!({
+        "lib": "sparsegen",
+        "workload": wl.name,
+        "layer": name,
+        "kernel": spec.kernel_name(),
+        "n_in": n_in,
+        "n_out": n_out,
+        "n_pairs": pairs,
+        "map_ms": map.as_ref().map(|m| round(m.median())),
+        "conv_ms": round(conv_stats.median()),
+        "kernel_ms": round(kernel.median()),
+        "layer_ms": round(layer_stats.median()),
+        "device": "cuda",
+        "gpu": cuda.device().name(),
+        "arch": cuda.target().to_string(),
+        "backend": "cuda",
+        "dtype": dtype_name(dtype),
+        "threads": rayon::current_num_threads(),
+        "rulebook": if args.cached_rulebook { "cached" } else { "fresh" },
+        "variant": tile.suffix(),
+        "first_call_ms": round(first_ms),
+        "nvrtc": nvrtc,
+        "kernel_cache": {"compiled": cache_stats.compiled, "disk_hits": cache_stats.disk_hits,
+                         "memory_hits": cache_stats.memory_hits},
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "map_stats": map.as_ref().map(Stats::json),
+        "conv_stats": conv_stats.json(),
+        "kernel_stats": kernel.json(),
+        "layer_stats": layer_stats.json(),
+    }))
+}
+
+/// What runs the layers.
+enum Runner {
+    /// A host backend (CPU JIT or reference), with the CPU backend for its JIT details.
+    Host(Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>),
+    /// The GPU, on device-resident tensors.
+    Cuda(CudaBackend, DType),
+}
+
+fn runner(args: &Args) -> AnyResult<Runner> {
+    let dtype = parse_dtype(&args.dtype)?;
+    if dtype != DType::F32 && args.device != "cuda" {
+        return Err(format!(
+            "--dtype {} runs on --device cuda only (the CPU backends compute in float32)",
+            args.dtype
         )
-    })?;
-    let (backend, cpu): (Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>) = match args.device.as_str()
-    {
+        .into());
+    }
+    Ok(match args.device.as_str() {
         "cpu" => {
+            let strategy = StrategyChoice::from_name(&args.strategy).ok_or_else(|| {
+                format!(
+                    "unknown --strategy {}; use auto, direct, gemm, scalar or gemm-crate",
+                    args.strategy
+                )
+            })?;
             let gemm_kernel = GemmKernel::from_name(&args.gemm_kernel).ok_or_else(|| {
                 format!(
                     "unknown --gemm-kernel {}; use best, avx2 or portable",
@@ -371,21 +620,22 @@ fn run(args: &Args) -> AnyResult<()> {
                     "note: the JIT is not used on this host ({why}); running the scalar path"
                 );
             }
-            (cpu.clone(), Some(cpu))
+            Runner::Host(cpu.clone(), Some(cpu))
         }
-        "reference" => (Arc::new(ReferenceBackend::default()), None),
+        "reference" => Runner::Host(Arc::new(ReferenceBackend::default()), None),
         "cuda" => {
-            return Err(
-                "--device cuda is not wired into this example yet: the CUDA backend \
-                        (sparsegen::runtime::cuda::CudaBackend) is built and NVRTC-tested, but its \
-                        timing paths (CUDA events) have not run on a GPU; see issue 5"
-                    .into(),
-            );
+            let cuda = CudaBackend::new(CudaOptions::default())
+                .map_err(|e| format!("--device cuda: {e}"))?;
+            Runner::Cuda(cuda, dtype)
         }
         other => {
             return Err(format!("unknown --device {other}; use cpu, cuda or reference").into());
         }
-    };
+    })
+}
+
+fn run(args: &Args) -> AnyResult<()> {
+    let runner = runner(args)?;
     let wl = load_workload(&args.workload)?;
     let names: Vec<String> = match &args.layers {
         Some(list) => list
@@ -396,7 +646,7 @@ fn run(args: &Args) -> AnyResult<()> {
         None => LAYERS.iter().map(|s| s.to_string()).collect(),
     };
     for name in &names {
-        layer_spec(name)?;
+        layer_spec(name, DType::F32)?;
     }
     let threads = rayon::current_num_threads();
     let mut out = match &args.json {
@@ -409,15 +659,31 @@ fn run(args: &Args) -> AnyResult<()> {
         ),
         None => None,
     };
+    let what = match &runner {
+        Runner::Host(_, cpu) => format!(
+            "{threads} threads, gemm kernel {}",
+            cpu.as_ref().map_or("-", |c| c.gemm_kernel())
+        ),
+        Runner::Cuda(cuda, dtype) => format!(
+            "{} ({}), {}",
+            cuda.device().name(),
+            cuda.target(),
+            dtype_name(*dtype)
+        ),
+    };
     eprintln!(
-        "workload {} ({} sites), device {}, {threads} threads, gemm kernel {}",
+        "workload {} ({} sites), device {}, {what}",
         wl.name,
         wl.coords.len() / 4,
         args.device,
-        cpu.as_ref().map_or("-", |c| c.gemm_kernel())
     );
     for name in &names {
-        let rec = bench_layer(args, &wl, name, &backend, cpu.as_deref(), threads)?;
+        let rec = match &runner {
+            Runner::Host(backend, cpu) => {
+                bench_layer(args, &wl, name, backend, cpu.as_deref(), threads)?
+            }
+            Runner::Cuda(cuda, dtype) => bench_layer_cuda(args, &wl, name, cuda, *dtype)?,
+        };
         eprintln!(
             "{:>12} {:>18} map {:>9} ms  conv {:>9.3} ms  layer {:>9.3} ms  variant {}",
             wl.name,

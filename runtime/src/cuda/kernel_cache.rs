@@ -107,6 +107,13 @@ impl KernelCache {
         }
     }
 
+    /// Every kernel in memory (compiled by this process, or read from disk), by entry name.
+    pub fn kernels(&self) -> Vec<CachedKernel> {
+        let mut all: Vec<CachedKernel> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.entry.cmp(&b.entry));
+        all
+    }
+
     /// The file stem a kernel is stored under.
     pub fn file_stem(entry: &str, source: &str, arch: SmVersion, nvrtc: &Nvrtc) -> String {
         format!(

@@ -135,6 +135,17 @@ impl DeviceFeatures {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A device-side copy.
+    pub fn try_clone(&self) -> Result<Self, CudaError> {
+        let bytes = self.len() * self.dtype().size_bytes();
+        let err = CudaError::driver("cuMemcpyDtoD", "features", bytes);
+        Ok(match self {
+            DeviceFeatures::F32(s) => DeviceFeatures::F32(s.try_clone().map_err(err)?),
+            DeviceFeatures::F16(s) => DeviceFeatures::F16(s.try_clone().map_err(err)?),
+            DeviceFeatures::Bf16(s) => DeviceFeatures::Bf16(s.try_clone().map_err(err)?),
+        })
+    }
 }
 
 /// A sparse tensor in device memory: sites, and `[N, channels]` features in a storage dtype.
