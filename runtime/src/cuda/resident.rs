@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use rayon::prelude::*;
 use sparsegen_codegen::cuda::{ConvKernel, ConvTile, WeightLayout, pack_weights};
 use sparsegen_codegen::{ConvKind, DType, Geometry};
@@ -43,6 +43,8 @@ pub struct DeviceConv {
     layer: SparseConv,
     bias: CudaSlice<f32>,
     weights: Mutex<HashMap<WeightLayout, Arc<DeviceFeatures>>>,
+    /// Generated and loaded kernels by tile: a call neither regenerates nor rehashes source.
+    kernels: Mutex<HashMap<ConvTile, Arc<(ConvKernel, CudaFunction)>>>,
 }
 
 impl DeviceConv {
@@ -206,6 +208,7 @@ impl CudaBackend {
             layer: layer.clone(),
             bias,
             weights: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
         })
     }
 
@@ -391,17 +394,18 @@ impl CudaBackend {
         tile: &ConvTile,
         timed: bool,
     ) -> Result<(DeviceFeatures, Option<f32>), CudaError> {
-        let kernel = self.kernel(&conv.layer, tile)?;
-        let weights = self.resident_weights(conv, &kernel)?;
+        let loaded = self.resident_kernel(conv, tile)?;
+        let (kernel, function) = (&loaded.0, &loaded.1);
+        let weights = self.resident_weights(conv, kernel)?;
         match (x.features(), weights.as_ref()) {
             (DeviceFeatures::F32(xs), DeviceFeatures::F32(ws)) => self
-                .launch_typed(conv, rulebook, plan, xs, ws, &kernel, timed)
+                .launch_typed(conv, rulebook, plan, xs, ws, kernel, function, timed)
                 .map(|(y, ms)| (DeviceFeatures::F32(y), ms)),
             (DeviceFeatures::F16(xs), DeviceFeatures::F16(ws)) => self
-                .launch_typed(conv, rulebook, plan, xs, ws, &kernel, timed)
+                .launch_typed(conv, rulebook, plan, xs, ws, kernel, function, timed)
                 .map(|(y, ms)| (DeviceFeatures::F16(y), ms)),
             (DeviceFeatures::Bf16(xs), DeviceFeatures::Bf16(ws)) => self
-                .launch_typed(conv, rulebook, plan, xs, ws, &kernel, timed)
+                .launch_typed(conv, rulebook, plan, xs, ws, kernel, function, timed)
                 .map(|(y, ms)| (DeviceFeatures::Bf16(y), ms)),
             _ => Err(CudaError::Shape {
                 layer: conv.layer.name().to_string(),
@@ -419,6 +423,7 @@ impl CudaBackend {
         x: &CudaSlice<S>,
         w: &CudaSlice<S>,
         kernel: &ConvKernel,
+        function: &CudaFunction,
         timed: bool,
     ) -> Result<(CudaSlice<S>, Option<f32>), CudaError> {
         let spec = conv.layer.spec();
@@ -442,7 +447,6 @@ impl CudaBackend {
                 limit: i32::MAX as u64,
             });
         }
-        let function = self.function(kernel)?;
         let grid = conv_grid(
             plan.tiles,
             spec.out_per_group(),
@@ -465,7 +469,7 @@ impl CudaBackend {
         };
         launch_conv(
             stream,
-            &function,
+            function,
             kernel,
             grid,
             ConvArgs {
@@ -482,6 +486,23 @@ impl CudaBackend {
         )?;
         let ms = timer.map(GpuTimer::stop).transpose()?;
         Ok((y, ms))
+    }
+
+    /// `conv`'s kernel for `tile`, generated and loaded on first use.
+    fn resident_kernel(
+        &self,
+        conv: &DeviceConv,
+        tile: &ConvTile,
+    ) -> Result<Arc<(ConvKernel, CudaFunction)>, CudaError> {
+        let mut kernels = conv.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kernels.get(tile) {
+            return Ok(k.clone());
+        }
+        let kernel = self.kernel(&conv.layer, tile)?;
+        let function = self.function(&kernel)?;
+        let loaded = Arc::new((kernel, function));
+        kernels.insert(*tile, loaded.clone());
+        Ok(loaded)
     }
 
     /// `conv`'s weights packed for `kernel`'s layout, uploaded on first use.
@@ -550,3 +571,11 @@ impl CudaBackend {
         Ok(host.into_par_iter().map(decode).collect())
     }
 }
+
+// Resident layers and caches are shared across threads (one per network, many callers).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DeviceConv>();
+    send_sync::<DeviceRulebookCache>();
+    send_sync::<DeviceTensor>();
+};
