@@ -88,56 +88,150 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "a synthetic scan (../shared/data not found)".to_string(),
         ),
     };
-    let cuda =
-        || CudaBackend::new(CudaOptions::default()).map(|b| Engine::with_backend(Arc::new(b)));
-    let cpu = || Engine::with_backend(Arc::new(CpuBackend::new()));
-    let engine = match args.device.as_str() {
-        "auto" => cuda().unwrap_or_else(|e| {
-            println!("no usable GPU ({e}); running on the CPU");
-            cpu()
-        }),
-        "cpu" => cpu(),
-        "cuda" => cuda()?,
-        "reference" => Engine::reference(),
+    let t = Instant::now();
+    let x = Voxelizer::KITTI.voxelize(&cloud)?;
+    let voxelize_ms = t.elapsed().as_secs_f64() * 1e3;
+    let layers = [
+        layer(ConvKind::Submanifold, 4, 16, 1, 0, 1)?,
+        layer(ConvKind::Submanifold, 16, 16, 1, 0, 2)?,
+        layer(ConvKind::Strided, 16, 32, 2, 1, 3)?,
+        layer(ConvKind::Submanifold, 32, 32, 1, 0, 4)?,
+        layer(ConvKind::Inverse, 32, 16, 2, 1, 5)?,
+    ];
+    let cuda = || CudaBackend::new(CudaOptions::default());
+    let device = match args.device.as_str() {
+        "auto" => match cuda() {
+            Ok(gpu) => Device::Cuda(gpu),
+            Err(e) => {
+                println!("no usable GPU ({e}); running on the CPU");
+                Device::Host(Engine::with_backend(Arc::new(CpuBackend::new())))
+            }
+        },
+        "cpu" => Device::Host(Engine::with_backend(Arc::new(CpuBackend::new()))),
+        "cuda" => Device::Cuda(cuda().map_err(|e| format!("--device cuda: {e}"))?),
+        "reference" => Device::Host(Engine::reference()),
         other => {
             return Err(
                 format!("unknown --device {other}: use auto, cpu, cuda or reference").into(),
             );
         }
     };
-    let t = Instant::now();
-    let x = Voxelizer::KITTI.voxelize(&cloud)?;
     println!(
-        "{} points from {source} -> {} sites on grid {:?} ({:.1} ms), backend {}",
+        "{} points from {source} -> {} sites on grid {:?} ({voxelize_ms:.1} ms), backend {}",
         cloud.len(),
         x.len(),
         x.spatial_shape(),
-        t.elapsed().as_secs_f64() * 1e3,
-        engine.backend().name()
+        device.name()
     );
-    let stem = layer(ConvKind::Submanifold, 4, 16, 1, 0, 1)?;
-    let block = layer(ConvKind::Submanifold, 16, 16, 1, 0, 2)?;
-    let down = layer(ConvKind::Strided, 16, 32, 2, 1, 3)?;
-    let mid = layer(ConvKind::Submanifold, 32, 32, 1, 0, 4)?;
-    let up = layer(ConvKind::Inverse, 32, 16, 2, 1, 5)?;
-    let mut h = x;
-    for conv in [&stem, &block, &down, &mid, &up] {
-        let t = Instant::now();
-        let y = conv.forward(&engine, &h)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let active = y.features().iter().filter(|&&v| v > 0.0).count() as f64
-            / y.features().len().max(1) as f64;
-        println!(
-            "{:<40} {:>7} -> {:>7} sites  {:>8.2} ms  ({:.0}% of outputs > 0)",
-            conv.name(),
-            h.len(),
-            y.len(),
-            ms,
-            active * 100.0
-        );
-        h = y;
+    match device {
+        Device::Host(engine) => {
+            let mut h = x;
+            for conv in &layers {
+                let t = Instant::now();
+                let y = conv.forward(&engine, &h)?;
+                report(conv, h.len(), y.len(), t, y.features());
+                h = y;
+            }
+            let stats = engine.rulebooks().stats();
+            println!("rulebooks built {}, reused {}", stats.built, stats.hits);
+        }
+        Device::Cuda(gpu) => run_on_gpu(&gpu, &layers, &x)?,
     }
-    let stats = engine.rulebooks().stats();
-    println!("rulebooks built {}, reused {}", stats.built, stats.hits);
+    Ok(())
+}
+
+/// Where the layers run.
+enum Device {
+    /// A host engine (JITed CPU kernels or the reference executor).
+    Host(Engine),
+    /// The GPU, with every activation kept in device memory.
+    Cuda(CudaBackend),
+}
+
+impl Device {
+    fn name(&self) -> String {
+        match self {
+            Device::Host(engine) => engine.backend().name().to_string(),
+            Device::Cuda(gpu) => format!("cuda on {} ({})", gpu.device().name(), gpu.target()),
+        }
+    }
+}
+
+fn report(conv: &SparseConv, n_in: usize, n_out: usize, t: Instant, features: &[f32]) {
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let active =
+        features.iter().filter(|&&v| v > 0.0).count() as f64 / features.len().max(1) as f64;
+    println!(
+        "{:<40} {:>7} -> {:>7} sites  {:>8.2} ms  ({:.0}% of outputs > 0)",
+        conv.name(),
+        n_in,
+        n_out,
+        ms,
+        active * 100.0
+    );
+}
+
+/// The stage on the GPU: the scan goes up once, every rulebook, plan and activation stays on
+/// the device, and the result is checked against the CPU backend. Each layer is timed twice:
+/// the first pass compiles (or loads) its kernels, the second is what a deployed network
+/// sees per scan.
+fn run_on_gpu(
+    gpu: &CudaBackend,
+    layers: &[SparseConv],
+    x: &SparseTensor,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use sparsegen::runtime::cuda::DeviceRulebookCache;
+    let convs = layers
+        .iter()
+        .map(|l| gpu.prepare(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for pass in ["first pass (compiles or loads kernels)", "second pass"] {
+        println!("-- {pass}");
+        let cache = DeviceRulebookCache::new();
+        let t = Instant::now();
+        let mut h = gpu.upload_tensor(x, DType::F32)?;
+        gpu.synchronize()?;
+        println!("upload {:>8.2} ms", t.elapsed().as_secs_f64() * 1e3);
+        let stage = Instant::now();
+        for conv in &convs {
+            let t = Instant::now();
+            let y = gpu.forward(conv, &h, &cache)?;
+            gpu.synchronize()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "{:<40} {:>7} -> {:>7} sites  {:>8.2} ms",
+                conv.layer().name(),
+                h.len(),
+                y.len(),
+                ms
+            );
+            h = y;
+        }
+        println!(
+            "stage {:>8.2} ms on the device",
+            stage.elapsed().as_secs_f64() * 1e3
+        );
+        out = gpu.download_features(&h)?;
+    }
+    let engine = Engine::with_backend(Arc::new(CpuBackend::new()));
+    let mut h = x.clone();
+    for conv in layers {
+        h = conv.forward(&engine, &h)?;
+    }
+    let scale = h
+        .features()
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(1e-30);
+    let err = out
+        .iter()
+        .zip(h.features())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    println!("GPU vs CPU backend: max |Δ| / max |y| = {err:.2e}");
+    if out.len() != h.features().len() || err > 1e-4 {
+        return Err(format!("the GPU result differs from the CPU backend's ({err:.2e})").into());
+    }
     Ok(())
 }
