@@ -5,8 +5,11 @@
 //! with `dlopen`, so the same binary runs without CUDA and reports a typed [`CudaError`]),
 //! the kernel cache ([`kernel_cache`]), the host-side launch plan ([`plan`]) and its device
 //! copies ([`plan_cache`]), device buffers
-//! ([`pool`]), launches ([`launch`]), rulebooks built on the device ([`rulebook_gpu`]), timing ([`timer`]), tile autotuning ([`autotune`]) and
-//! the [`CudaBackend`] that ties them into a [`ConvBackend`](crate::ConvBackend). What it
+//! ([`pool`]), launches ([`launch`]), rulebooks built on the device ([`rulebook_gpu`]), timing
+//! ([`timer`]), tile autotuning ([`autotune`]), the [`CudaBackend`] that ties them into a
+//! [`ConvBackend`](crate::ConvBackend) (host tensors in and out: a copy each way per call),
+//! and the fast path: device-resident tensors ([`tensor`]) run layer after layer with
+//! rulebooks and plans made and cached on the device ([`resident`]). What it
 //! must not do: write CUDA C (the codegen crate's `cuda` module does) or decide semantics (the
 //! rulebook and the reference executor do).
 //!
@@ -22,7 +25,8 @@
 //!
 //! (`tests/cuda_conv.rs`: every kind/dtype/dataflow/tile against the reference with bitwise
 //! repeatability, spconv's conformance dumps, the device rulebook against the host one, warm
-//! start, tuning table, typed errors; kernel times are printed.)
+//! start, tuning table, typed errors; kernel times are printed. `tests/cuda_resident.rs`: the
+//! device-resident path, every kind and dtype, a U-net chain, typed errors.)
 //!
 //! ```
 //! use sparsegen_runtime::cuda::{CudaBackend, CudaError, CudaOptions};
