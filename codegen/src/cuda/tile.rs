@@ -351,6 +351,18 @@ pub fn conv_candidates(spec: &LayerSpec, sm: SmVersion) -> Vec<ConvTile> {
                 warps_n,
             });
         }
+        if cout_g >= 128 {
+            // Wide layers: all 128 output channels of a row block in one block, so each
+            // gathered input row is read once instead of once per 64 channels (8 warps of
+            // 64 × 32; 40 KiB of double-buffered shared memory).
+            out.push(ConvTile::Mma {
+                block_rows: 128,
+                block_cols: 128,
+                depth,
+                warps_m: 2,
+                warps_n: 4,
+            });
+        }
     }
     let block_cols = cout_g.next_power_of_two().clamp(4, 64);
     let thread_cols = block_cols.min(4);
