@@ -149,6 +149,10 @@ fn nvrtc_warm_disk_cache_compiles_nothing() {
     assert_eq!(origin, CacheOrigin::Disk);
     assert_eq!(a.ptx, b.ptx);
     assert_eq!(warm.stats().compiled, 0);
+    // Machine code for the target comes back too: loading it needs no driver compilation.
+    let cubin = a.cubin.as_ref().expect("NVRTC made a CUBIN for sm_90");
+    assert!(cubin.starts_with(b"\x7fELF"), "a CUBIN is an ELF image");
+    assert_eq!(a.cubin, b.cubin);
 
     // Another architecture is another kernel; a changed source is never served stale PTX.
     let (_, origin) = warm

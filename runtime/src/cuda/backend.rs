@@ -181,11 +181,20 @@ impl CudaBackend {
                 let (compiled, _) =
                     self.kernels
                         .get_or_compile(self.nvrtc, name, source, self.target)?;
-                let module = self
-                    .device
-                    .context()
-                    .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx.to_string()))
-                    .map_err(driver("cuModuleLoadData"))?;
+                let context = self.device.context();
+                let from_ptx = || {
+                    context
+                        .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx.to_string()))
+                        .map_err(driver("cuModuleLoadData"))
+                };
+                // Machine code for this very GPU loads as it is; PTX (another target, or a
+                // CUBIN the driver refuses) is compiled by the driver first.
+                let module = match &compiled.cubin {
+                    Some(cubin) if compiled.arch == self.device.sm() => context
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
+                        .or_else(|_| from_ptx())?,
+                    _ => from_ptx()?,
+                };
                 modules.insert(key, module.clone());
                 module
             }

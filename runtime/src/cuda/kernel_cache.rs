@@ -1,11 +1,14 @@
-//! `KernelCache`: compiled PTX in memory and on disk, keyed by a hash of the generated source,
-//! the target architecture and the NVRTC version, so a warm start compiles nothing.
+//! `KernelCache`: compiled kernels (PTX, and the CUBIN machine code of the target
+//! architecture) in memory and on disk, keyed by a hash of the generated source, the target
+//! architecture and the NVRTC version, so a warm start compiles nothing — neither NVRTC nor
+//! the driver, which loads a CUBIN as it is.
 //!
-//! On disk each kernel is two files in the cache folder: `<entry>-<hash>-<arch>-nvrtc<v>.ptx`
-//! and the `.cu` it came from. A hit needs the stored source to equal the new one byte for
-//! byte, so a hash collision can never load the wrong kernel. Files are written to a
-//! temporary name and renamed, so a crash or a concurrent process never leaves half a file.
-//! The cache knows nothing about devices: loading PTX into a context is the backend's job.
+//! On disk each kernel is up to three files in the cache folder, named
+//! `<entry>-<hash>-<arch>-nvrtc<v>`: `.ptx`, `.cubin` and the `.cu` it came from. A hit needs
+//! the stored source to equal the new one byte for byte, so a hash collision can never load
+//! the wrong kernel. Files are written to a temporary name and renamed, the `.ptx` last, so a
+//! crash or a concurrent process never leaves half a kernel. The cache knows nothing about
+//! devices: loading a kernel into a context is the backend's job.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,9 @@ use sparsegen_codegen::cuda::SmVersion;
 
 use super::error::CudaError;
 use super::nvrtc::Nvrtc;
+
+/// A CUBIN is an ELF image.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
 
 /// Where a kernel came from on this lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub struct CachedKernel {
     pub arch: SmVersion,
     /// The PTX.
     pub ptx: Arc<str>,
+    /// Machine code for exactly `arch`, if NVRTC made it.
+    pub cubin: Option<Arc<[u8]>>,
     /// NVRTC time when this process compiled it.
     pub compile_time: Option<Duration>,
 }
@@ -143,12 +151,13 @@ impl KernelCache {
         }
         let stem = Self::file_stem(entry, source, arch, nvrtc);
         let (kernel, origin) = match self.read_disk(&stem, source) {
-            Some(ptx) => {
+            Some((ptx, cubin)) => {
                 self.disk_hits.fetch_add(1, Ordering::Relaxed);
                 let kernel = CachedKernel {
                     entry: entry.to_string(),
                     arch,
                     ptx: Arc::from(ptx),
+                    cubin: cubin.map(Arc::from),
                     compile_time: None,
                 };
                 (kernel, CacheOrigin::Disk)
@@ -156,11 +165,12 @@ impl KernelCache {
             None => {
                 let compiled = nvrtc.compile(source, entry, arch)?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
-                self.write_disk(&stem, source, &compiled.ptx)?;
+                self.write_disk(&stem, source, &compiled.ptx, compiled.cubin.as_deref())?;
                 let kernel = CachedKernel {
                     entry: entry.to_string(),
                     arch,
                     ptx: Arc::from(compiled.ptx),
+                    cubin: compiled.cubin.map(Arc::from),
                     compile_time: Some(compiled.elapsed),
                 };
                 (kernel, CacheOrigin::Compiled)
@@ -176,28 +186,48 @@ impl KernelCache {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read_disk(&self, stem: &str, source: &str) -> Option<String> {
+    /// The stored PTX (and CUBIN, if stored) of `stem`, if its source is `source`.
+    fn read_disk(&self, stem: &str, source: &str) -> Option<(String, Option<Vec<u8>>)> {
         let dir = self.dir.as_ref()?;
         let stored = std::fs::read_to_string(dir.join(format!("{stem}.cu"))).ok()?;
         if stored != source {
             return None;
         }
         let ptx = std::fs::read_to_string(dir.join(format!("{stem}.ptx"))).ok()?;
-        (!ptx.is_empty() && !ptx.contains('\0')).then_some(ptx)
+        if ptx.is_empty() || ptx.contains('\0') {
+            return None;
+        }
+        let cubin = std::fs::read(dir.join(format!("{stem}.cubin")))
+            .ok()
+            .filter(|c| c.starts_with(ELF_MAGIC));
+        Some((ptx, cubin))
     }
 
-    fn write_disk(&self, stem: &str, source: &str, ptx: &str) -> Result<(), CudaError> {
+    fn write_disk(
+        &self,
+        stem: &str,
+        source: &str,
+        ptx: &str,
+        cubin: Option<&[u8]>,
+    ) -> Result<(), CudaError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CudaError::CacheIo { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        // The .ptx is renamed into place last: a reader that finds it also finds its .cu.
-        for (ext, text) in [("cu", source), ("ptx", ptx)] {
+        // The .ptx is renamed into place last: a reader that finds it also finds its .cu (and
+        // its .cubin, when there is one).
+        let files = [
+            ("cu", Some(source.as_bytes())),
+            ("cubin", cubin),
+            ("ptx", Some(ptx.as_bytes())),
+        ];
+        for (ext, bytes) in files {
+            let Some(bytes) = bytes else { continue };
             let path = dir.join(format!("{stem}.{ext}"));
             let tmp = dir.join(format!("{stem}.{ext}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, text).map_err(io(&tmp))?;
+            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io(&path))?;
         }
         Ok(())

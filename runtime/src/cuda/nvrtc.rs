@@ -1,11 +1,13 @@
 //! NVRTC: loading the library (checked, never a panic), its version and targets, and
-//! compiling one generated translation unit to PTX. Needs no GPU.
+//! compiling one generated translation unit to PTX and, for the real architecture it targets,
+//! to machine code (CUBIN) as well. Needs no GPU.
 
-use std::ffi::c_int;
+use std::ffi::{CString, c_char, c_int};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::result as nvrtc;
+use cudarc::nvrtc::sys::{self, nvrtcProgram, nvrtcResult};
 use sparsegen_codegen::cuda::SmVersion;
 
 use super::error::CudaError;
@@ -17,13 +19,36 @@ pub struct Nvrtc {
     archs: Vec<SmVersion>,
 }
 
-/// PTX for one kernel, with how long NVRTC took.
+/// What NVRTC made of one translation unit, with how long it took.
 #[derive(Debug, Clone)]
-pub struct CompiledPtx {
-    /// The PTX text (no trailing NUL).
+pub struct NvrtcOutput {
+    /// The PTX text (no trailing NUL): loads on the target and every newer architecture (the
+    /// driver compiles it to machine code at load time).
     pub ptx: String,
-    /// Wall time of the NVRTC call.
+    /// Machine code for exactly the target architecture: loads with no driver compilation,
+    /// which is what makes a warm start fast. `None` if NVRTC produced none.
+    pub cubin: Option<Vec<u8>>,
+    /// Wall time of the NVRTC calls (compile and both outputs).
     pub elapsed: Duration,
+}
+
+/// Destroys an NVRTC program when dropped (also on every error path).
+struct Program(nvrtcProgram);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program was created by `create_program` and is destroyed once, here.
+        // A failure to destroy leaks host memory of NVRTC's and is not actionable.
+        let _ = unsafe { nvrtc::destroy_program(self.0) };
+    }
+}
+
+/// NVRTC's `c_char` buffers as text, without the trailing NULs.
+fn text(raw: &[c_char]) -> String {
+    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 impl Nvrtc {
@@ -105,52 +130,76 @@ impl Nvrtc {
             })
     }
 
-    /// Compiles `source` for `arch`. A compiler failure is [`CudaError::Compile`] with the
-    /// log and the source.
+    /// Compiles `source` for `arch` to PTX and CUBIN. A compiler failure is
+    /// [`CudaError::Compile`] with the log and the source.
     pub fn compile(
         &self,
         source: &str,
         entry: &str,
         arch: SmVersion,
-    ) -> Result<CompiledPtx, CudaError> {
+    ) -> Result<NvrtcOutput, CudaError> {
         let compile_error = |log: String| CudaError::Compile {
             entry: entry.to_string(),
             arch,
             log,
             source_code: source.to_string(),
         };
-        if source.contains('\0') || entry.contains('\0') {
+        let (Ok(src), Ok(name)) = (CString::new(source), CString::new(format!("{entry}.cu")))
+        else {
             return Err(compile_error("the source contains a NUL byte".into()));
-        }
-        let options = CompileOptions {
-            options: vec![
-                format!("--gpu-architecture={}", arch.arch_flag()),
-                "--std=c++17".into(),
-            ],
-            name: Some(format!("{entry}.cu")),
-            ..Default::default()
         };
+        let options = [
+            format!("--gpu-architecture={}", arch.arch_flag()),
+            "--std=c++17".to_string(),
+        ];
         let start = Instant::now();
-        let ptx = compile_ptx_with_opts(source, options).map_err(|e| match e {
-            CompileError::CompileError { log, nvrtc, .. } => {
-                let log = log.to_string_lossy().into_owned();
-                compile_error(if log.trim().is_empty() {
-                    format!("{nvrtc:?}")
-                } else {
-                    log
-                })
-            }
-            other => CudaError::Nvrtc(other.to_string()),
-        })?;
-        let elapsed = start.elapsed();
-        let ptx = match ptx.as_bytes() {
-            Some(bytes) => String::from_utf8_lossy(bytes)
-                .trim_end_matches('\0')
-                .to_string(),
-            None => ptx.to_src(),
-        };
-        Ok(CompiledPtx { ptx, elapsed })
+        let program = Program(
+            nvrtc::create_program(&src, Some(&name))
+                .map_err(|e| CudaError::Nvrtc(format!("nvrtcCreateProgram: {e:?}")))?,
+        );
+        // SAFETY: `program` is live until dropped at the end of this function; `src` and
+        // `name`, which it may point to, outlive it.
+        if let Err(e) = unsafe { nvrtc::compile_program(program.0, &options) } {
+            // SAFETY: as above.
+            let log = unsafe { nvrtc::get_program_log(program.0) }
+                .map(|raw| text(&raw))
+                .unwrap_or_default();
+            return Err(compile_error(if log.trim().is_empty() {
+                format!("{e:?}")
+            } else {
+                log
+            }));
+        }
+        // SAFETY: as above; the program compiled.
+        let ptx = unsafe { nvrtc::get_ptx(program.0) }
+            .map(|raw| text(&raw))
+            .map_err(|e| CudaError::Nvrtc(format!("nvrtcGetPTX: {e:?}")))?;
+        // SAFETY: as above.
+        let cubin = unsafe { cubin(program.0) };
+        Ok(NvrtcOutput {
+            ptx,
+            cubin,
+            elapsed: start.elapsed(),
+        })
     }
+}
+
+/// The CUBIN of a compiled program, if NVRTC made one (it does for a real `sm_XX` target).
+///
+/// # Safety
+/// `program` must be a live, successfully compiled NVRTC program.
+unsafe fn cubin(program: nvrtcProgram) -> Option<Vec<u8>> {
+    let mut size = 0usize;
+    // SAFETY: the caller's contract; `size` is a valid out-pointer.
+    if unsafe { sys::nvrtcGetCUBINSize(program, &mut size) } != nvrtcResult::NVRTC_SUCCESS
+        || size == 0
+    {
+        return None;
+    }
+    let mut bytes = vec![0u8; size];
+    // SAFETY: `bytes` has the `size` bytes NVRTC asked for.
+    let ok = unsafe { sys::nvrtcGetCUBIN(program, bytes.as_mut_ptr().cast::<c_char>()) };
+    (ok == nvrtcResult::NVRTC_SUCCESS).then_some(bytes)
 }
 
 /// Parses an architecture such as `sm_90`, `sm_90a` (the suffix is dropped) or `90`.
