@@ -47,8 +47,8 @@ pub use params::{
     CONV_PARAMS, CParam, EPILOGUE_PARAMS, Elem, GATHER_PARAMS, KernelParam, ParamType,
 };
 pub use radix::{
-    RADIX_BITS, RADIX_DIGITS, RADIX_ITEMS, RADIX_TILE, RadixPass, SCAN_ITEMS, radix_blocks,
-    radix_counts, radix_key_bits, radix_launches, radix_passes,
+    RADIX_BITS, RADIX_DIGITS, RADIX_ITEMS, RADIX_TILE, RadixPass, radix_blocks, radix_counts,
+    radix_key_bits, radix_launches, radix_passes,
 };
 pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
 pub use syntax::{

@@ -38,9 +38,6 @@ pub const RADIX_ITEMS: u32 = 8;
 /// Keys per histogram or scatter block.
 pub const RADIX_TILE: u32 = RULEBOOK_THREADS * RADIX_ITEMS;
 
-/// Values each thread of the scan block handles per chunk.
-pub const SCAN_ITEMS: u32 = 16;
-
 // The scatter gives thread `d` the warp prefix of digit `d`; the histogram zeroes and writes
 // one digit per thread.
 const _: () = assert!(RADIX_DIGITS == RULEBOOK_THREADS && RULEBOOK_THREADS.is_multiple_of(32));
@@ -119,39 +116,27 @@ pub(super) fn emit_sort_kernels(w: &mut CWriter, prefix: &str) {
     w.line(format_args!("#define SG_RADIX_WARPS {}", threads / 32));
     w.line(format_args!("#define SG_RADIX_ITEMS {RADIX_ITEMS}"));
     w.line(format_args!("#define SG_RADIX_TILE {RADIX_TILE}"));
-    w.line(format_args!("#define SG_SCAN_ITEMS {SCAN_ITEMS}"));
-    w.line(format_args!(
-        "#define SG_SCAN_CHUNK {}",
-        threads * SCAN_ITEMS
-    ));
 
     w.line("");
     w.line("// Exclusive scan of values[0..n) in place, and values[n] = the total; one block.");
-    w.line("// Chunks of SG_SCAN_CHUNK values are staged in shared memory (padded a word per");
-    w.line(
-        "// 32 against bank conflicts), summed per thread, scanned across the block, written back.",
-    );
+    w.line("// Thread t owns a contiguous run of ceil(n / blockDim) values: it sums the run, the");
+    w.line("// block scans those sums, and the thread rewrites its run from its start. One block");
+    w.line("// scan whatever n is (the runs are read through L1, a line serving 32 values).");
     w.line(format_args!(
         "extern \"C\" __global__ void __launch_bounds__({threads}) {prefix}_scan(int* values, int n)"
     ));
     w.open("");
-    w.line("__shared__ int s_items[SG_SCAN_CHUNK + SG_SCAN_CHUNK / 32];");
     w.line(format_args!("__shared__ int s_sums[{threads}];"));
     w.line("const int t = threadIdx.x;");
-    w.line("int carry = 0;");
-    w.open("for (long long base = 0; base < n; base += SG_SCAN_CHUNK)");
-    w.open(format_args!(
-        "for (int j = t; j < SG_SCAN_CHUNK; j += {threads})"
+    w.line(format_args!(
+        "const long long per = ((long long)n + {}) / {threads};",
+        threads - 1
     ));
-    w.line("const long long i = base + j;");
-    w.line("s_items[j + j / 32] = i < n ? values[i] : 0;");
-    w.close("");
-    w.line("__syncthreads();");
+    w.line("const long long begin = t * per < n ? t * per : n;");
+    w.line("const long long end = begin + per < n ? begin + per : n;");
     w.line("int sum = 0;");
-    w.open("for (int q = 0; q < SG_SCAN_ITEMS; ++q)");
-    w.line("const int j = t * SG_SCAN_ITEMS + q;");
-    w.line("sum += s_items[j + j / 32];");
-    w.close("");
+    w.line("#pragma unroll 8");
+    w.line("for (long long i = begin; i < end; ++i) sum += values[i];");
     w.line("s_sums[t] = sum;");
     w.line("__syncthreads();");
     w.open(format_args!(
@@ -162,24 +147,17 @@ pub(super) fn emit_sort_kernels(w: &mut CWriter, prefix: &str) {
     w.line("s_sums[t] += v;");
     w.line("__syncthreads();");
     w.close("");
-    w.line("int run = carry + s_sums[t] - sum;");
-    w.open("for (int q = 0; q < SG_SCAN_ITEMS; ++q)");
-    w.line("const int j = t * SG_SCAN_ITEMS + q;");
-    w.line("const int v = s_items[j + j / 32];");
-    w.line("s_items[j + j / 32] = run;");
+    w.line("int run = s_sums[t] - sum;");
+    w.line("#pragma unroll 8");
+    w.open("for (long long i = begin; i < end; ++i)");
+    w.line("const int v = values[i];");
+    w.line("values[i] = run;");
     w.line("run += v;");
     w.close("");
-    w.line(format_args!("carry += s_sums[{}];", threads - 1));
-    w.line("__syncthreads();");
-    w.open(format_args!(
-        "for (int j = t; j < SG_SCAN_CHUNK; j += {threads})"
+    w.line(format_args!(
+        "if (t == {last}) values[n] = s_sums[{last}];",
+        last = threads - 1
     ));
-    w.line("const long long i = base + j;");
-    w.line("if (i < n) values[i] = s_items[j + j / 32];");
-    w.close("");
-    w.line("__syncthreads();");
-    w.close("");
-    w.line("if (t == 0) values[n] = carry;");
     w.close("");
 
     w.line("");
