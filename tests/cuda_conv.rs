@@ -356,3 +356,44 @@ fn cuda_device_rulebook_and_plan_run_the_conv() {
         }
     }
 }
+
+#[test]
+fn cuda_device_rulebook_and_plan_match_host_over_many_radix_blocks() {
+    let Some(cuda) = backend("cuda_device_rulebook_many_blocks") else {
+        return;
+    };
+    // Tens of thousands of rows: the radix sorts span many blocks (the cases above fit one).
+    let cloud = cuda_common::random_cloud(5, 30_000, &[64, 64, 64], 2);
+    let stream = cuda.device().stream();
+    for spec in [
+        sparsegen::codegen::LayerSpec::builder(sparsegen::codegen::ConvKind::Submanifold, 3),
+        sparsegen::codegen::LayerSpec::builder(sparsegen::codegen::ConvKind::Strided, 3)
+            .stride(2)
+            .padding(1),
+    ] {
+        let spec = spec.channels(16, 16).build().unwrap();
+        let geometry = spec.geometry();
+        let host = sparsegen_runtime::Rulebook::build(&cloud, &geometry, "host").unwrap();
+        let device = cuda
+            .build_rulebook_from_host(&cloud, &geometry, None)
+            .unwrap();
+        let (coords, nbr, masks) = device.to_host(stream).unwrap();
+        assert_eq!(coords, host.output().coords(), "{spec}: output sites");
+        assert_eq!(nbr, host.neighbors(), "{spec}: neighbour table");
+        assert_eq!(masks, host_masks(&host), "{spec}: masks");
+        for block_rows in [32, 64, 128] {
+            let plan = cuda.plan_on_device(&device, block_rows).unwrap();
+            let want = sparsegen_runtime::cuda::TilePlan::build(&host, block_rows, "host").unwrap();
+            assert_eq!(plan.tiles, want.tiles(), "{spec}: tiles");
+            assert_eq!(stream.clone_dtoh(&plan.order).unwrap(), want.order);
+            assert_eq!(
+                stream.clone_dtoh(&plan.starts).unwrap(),
+                want.tile_offset_start
+            );
+            let mut offsets = stream.clone_dtoh(&plan.offsets).unwrap();
+            offsets.truncate(want.tile_offsets.len());
+            assert_eq!(offsets, want.tile_offsets, "{spec}: offsets");
+        }
+        eprintln!("{spec}: {} outputs, plan matches the host's", host.n_out());
+    }
+}

@@ -13,17 +13,20 @@
 
 mod cuda_common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cuda_common::conformance::{conformance_layer, conformance_root};
-use cuda_common::{cases, layer, reference_output, relative_error, rulebook_and_input, tolerance};
-use sparsegen::codegen::DType;
-use sparsegen::codegen::cuda::{
-    CWriter, ConvKernel, ConvTile, GatherKernels, RulebookKernels, SmVersion, conv_candidates,
-    conv_kernel, cp_async_prelude, dtype_prelude, gather_kernels, mma_prelude, pack_weights,
-    rulebook_kernels, tf32_candidates, tf32_prelude,
+use cuda_common::{
+    Case, cases, layer, reference_output, relative_error, rulebook_and_input, tolerance,
 };
+use sparsegen::codegen::cuda::{
+    CWriter, ConvKernel, ConvTile, GatherKernels, RADIX_BITS, RADIX_TILE, RULEBOOK_THREADS,
+    RulebookKernels, SmVersion, conv_candidates, conv_kernel, cp_async_prelude, dtype_prelude,
+    gather_kernels, mma_prelude, pack_weights, radix_key_bits, rulebook_kernels, tf32_candidates,
+    tf32_prelude,
+};
+use sparsegen::codegen::{ConvKind, DType, LayerSpec};
 use sparsegen_runtime::cuda::plan::conv_grid;
 use sparsegen_runtime::cuda::{TilePlan, bf16_bits, bf16_value, f16_bits, f16_value};
 use sparsegen_runtime::{ConvBackend, Rulebook, SparseConv};
@@ -487,51 +490,53 @@ fn cuda_kernels_match_spconv_dumps_in_cpu_emulation() {
 }
 
 const RULEBOOK_HEAD: &str = r#"
+#include <algorithm>
+#include <barrier>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 struct sg_dim3 { unsigned x, y, z; };
-static sg_dim3 threadIdx, blockIdx, blockDim;
+static thread_local sg_dim3 threadIdx, blockIdx, blockDim;
+static sg_dim3 gridDim;
+static std::barrier<>* sg_bar;
+static inline void __syncthreads() { sg_bar->arrive_and_wait(); }
 static inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long val) {
     __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return cmp;
 }
 static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// Warp collectives for kernels that every thread of the block calls in lockstep: values are
+// exchanged through statics between two block barriers (a warp barrier is a block barrier).
+static int sg_match_values[1024];
+static inline unsigned __match_any_sync(unsigned, int v) {
+    sg_match_values[threadIdx.x] = v;
+    __syncthreads();
+    const unsigned warp = threadIdx.x / 32 * 32;
+    unsigned peers = 0;
+    for (unsigned l = 0; l < 32; ++l)
+        if (sg_match_values[warp + l] == v) peers |= 1u << l;
+    __syncthreads();
+    return peers;
+}
+static inline void __syncwarp(unsigned = 0xffffffffu) { __syncthreads(); }
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(n)
+#define __shared__ static
 "#;
 
-fn rulebook_main(kernels: &RulebookKernels) -> String {
+/// The host side of the rulebook harness: launchers, and the sort, scan and fill sequences
+/// exactly as `runtime/src/cuda/rulebook_gpu.rs` launches them.
+fn rulebook_launchers(kernels: &RulebookKernels) -> String {
     let p = &kernels.prefix;
-    let outputs = if kernels.makes_outputs() {
-        format!(
-            r#"
-    std::vector<sg_key> cand((size_t)n_in * SG_K);
-    sg_launch((long long)n_in * SG_K, [&] {{ {p}_expand(in.data(), n_in, cand.data(), o[0], o[1], o[2], o[3]); }});
-    size_t set_cap = 1;
-    while (set_cap < 2 * cand.size()) set_cap <<= 1;
-    std::vector<sg_key> set(set_cap, SG_EMPTY), unique(set_cap, SG_EMPTY);
-    sg_launch(cand.size(), [&] {{ {p}_insert_keys(cand.data(), (long long)cand.size(), set.data(), set_cap - 1); }});
-    int count = 0;
-    sg_launch(set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), &count); }});
-    long long n_sort = 1;
-    while (n_sort < count) n_sort <<= 1;
-    for (long long k = 2; k <= n_sort; k <<= 1)
-        for (long long j = k >> 1; j > 0; j >>= 1)
-            sg_launch(n_sort, [&] {{ {p}_bitonic_step(unique.data(), n_sort, j, k); }});
-    out.resize((size_t)count * (SG_DIMS + 1));
-    sg_launch(count, [&] {{ {p}_unpack(unique.data(), count, out.data(), o[0], o[1], o[2], o[3]); }});
-"#
-        )
-    } else {
-        "    out = has_out_sites ? sg_read<int>(dir + \"/out_sites.bin\") : in;\n".to_string()
-    };
+    let threads = RULEBOOK_THREADS;
+    let radix_bits = RADIX_BITS;
     format!(
         r#"{HARNESS_IO}
 template <class T> static void sg_write(const std::string& path, const std::vector<T>& v) {{
@@ -539,65 +544,199 @@ template <class T> static void sg_write(const std::string& path, const std::vect
     if (!f || std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) std::exit(5);
     std::fclose(f);
 }}
-// Blocks and threads one after another: these kernels have no barriers.
+// A device allocation the runtime leaves uninitialised: garbage, so reads before writes show.
+template <class T> static std::vector<T> sg_uninit(size_t n) {{
+    std::vector<T> v(std::max<size_t>(n, 1));
+    std::memset(v.data(), 0xa5, v.size() * sizeof(T));
+    return v;
+}}
+// Barrier-free kernels: blocks and threads one after another.
 template <class F> static void sg_launch(long long threads, F f) {{
-    blockDim = {{256, 1, 1}};
-    long long blocks = (threads + 255) / 256;
+    long long blocks = (threads + {threads} - 1) / {threads};
     if (blocks == 0) blocks = 1;
+    gridDim = {{(unsigned)blocks, 1, 1}};
+    blockDim = {{{threads}, 1, 1}};
     for (long long b = 0; b < blocks; ++b)
-        for (unsigned t = 0; t < 256; ++t) {{
+        for (unsigned t = 0; t < {threads}; ++t) {{
             blockIdx = {{(unsigned)b, 0, 0}};
             threadIdx = {{t, 0, 0}};
             f();
         }}
 }}
+// Kernels with barriers: one OS thread per CUDA thread, blocks one after another.
+template <class F> static void sg_launch_blocks(long long blocks, F f) {{
+    gridDim = {{(unsigned)blocks, 1, 1}};
+    std::barrier<> bar({threads});
+    sg_bar = &bar;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < {threads}; ++t)
+        pool.emplace_back([&, t] {{
+            threadIdx = {{t, 0, 0}};
+            blockDim = {{{threads}, 1, 1}};
+            for (long long b = 0; b < blocks; ++b) {{
+                blockIdx = {{(unsigned)b, 0, 0}};
+                f();
+                bar.arrive_and_wait();
+            }}
+        }});
+    for (auto& th : pool) th.join();
+}}
+// CudaBackend::empty_keys.
+static std::vector<sg_key> sg_empty_keys(size_t n) {{
+    std::vector<sg_key> keys = sg_uninit<sg_key>(n);
+    sg_launch((long long)n, [&] {{ {p}_fill_keys(keys.data(), (long long)n); }});
+    return keys;
+}}
+// CudaBackend::scan.
+static void sg_scan(std::vector<int>& values, int n) {{
+    sg_launch_blocks(1, [&] {{ {p}_scan(values.data(), n); }});
+}}
+// CudaBackend::radix_sort: keys[0..n) by bits [shift, shift + bits), ping-ponging buffers.
+static void sg_radix_sort(std::vector<sg_key>& keys, long long n, int shift, int bits) {{
+    if (n <= 1 || bits <= 0) return;
+    const long long blocks = std::max<long long>((n + SG_RADIX_TILE - 1) / SG_RADIX_TILE, 1);
+    std::vector<sg_key> alt = sg_uninit<sg_key>(n);
+    std::vector<int> counts = sg_uninit<int>(SG_RADIX_DIGITS * blocks + 1);
+    const int end = std::min(shift + bits, 64);
+    for (int s = shift; s < end; s += {radix_bits}) {{
+        const int b = std::min({radix_bits}, end - s);
+        sg_launch_blocks(blocks, [&] {{ {p}_radix_histogram(keys.data(), (int)n, s, b, counts.data()); }});
+        sg_scan(counts, (int)(SG_RADIX_DIGITS * blocks));
+        sg_launch_blocks(blocks, [&] {{ {p}_radix_scatter(keys.data(), (int)n, s, b, counts.data(), alt.data()); }});
+        std::swap(keys, alt);
+    }}
+}}
+"#
+    )
+}
+
+fn rulebook_main(kernels: &RulebookKernels) -> String {
+    let p = &kernels.prefix;
+    let outputs = if kernels.makes_outputs() {
+        format!(
+            r#"
+    // CudaBackend::build_rulebook, strided and transposed: expand, dedup, read the count back,
+    // sort, unpack.
+    const size_t candidates = (size_t)n_in * SG_K;
+    std::vector<sg_key> cand = sg_uninit<sg_key>(candidates);
+    sg_launch((long long)candidates, [&] {{ {p}_expand(in.data(), n_in, cand.data(), o[0], o[1], o[2], o[3]); }});
+    size_t set_cap = 1;
+    while (set_cap < 2 * std::max<size_t>(candidates, 1)) set_cap <<= 1;
+    std::vector<sg_key> set = sg_empty_keys(set_cap);
+    sg_launch((long long)candidates, [&] {{ {p}_insert_keys(cand.data(), (long long)candidates, set.data(), set_cap - 1); }});
+    std::vector<sg_key> unique = sg_uninit<sg_key>(candidates);
+    int count = 0;
+    sg_launch((long long)set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), &count); }});
+    sg_radix_sort(unique, count, 0, key_bits);
+    out = sg_uninit<int>((size_t)count * (SG_DIMS + 1));
+    sg_launch(count, [&] {{ {p}_unpack(unique.data(), count, out.data(), o[0], o[1], o[2], o[3]); }});
+    out.resize((size_t)count * (SG_DIMS + 1));
+"#
+        )
+    } else {
+        "    out = has_out_sites ? sg_read<int>(dir + \"/out_sites.bin\") : in;\n".to_string()
+    };
+    format!(
+        r#"{launchers}
 int main(int argc, char** argv) {{
-    if (argc != 12) return 4;
+    if (argc != 13) return 4;
     const std::string dir = argv[1];
     const int n_in = std::atoi(argv[2]);
     const int s[4] = {{std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6])}};
     const int o[4] = {{std::atoi(argv[7]), std::atoi(argv[8]), std::atoi(argv[9]), std::atoi(argv[10])}};
     const bool has_out_sites = std::atoi(argv[11]) != 0;
+    const int key_bits = std::atoi(argv[12]);
     (void)o;
     (void)has_out_sites;
+    (void)key_bits;
     std::vector<int> in = sg_read<int>(dir + "/in_coords.bin");
     std::vector<int> out;
 {outputs}
     const int n_out = (int)(out.size() / (SG_DIMS + 1));
     size_t cap = 1;
-    while (cap < 2 * (size_t)(n_in > 0 ? n_in : 1)) cap <<= 1;
-    std::vector<sg_key> table(cap, SG_EMPTY);
-    std::vector<int> values(cap, 0);
+    while (cap < 2 * (size_t)std::max(n_in, 1)) cap <<= 1;
+    std::vector<sg_key> table = sg_empty_keys(cap);
+    std::vector<int> values = sg_uninit<int>(cap);
     sg_launch(n_in, [&] {{ {p}_insert(in.data(), n_in, table.data(), values.data(), cap - 1, s[0], s[1], s[2], s[3]); }});
-    std::vector<int> nbr((size_t)n_out * SG_K);
-    std::vector<unsigned> masks((size_t)n_out * SG_MASK_WORDS);
+    std::vector<int> nbr = sg_uninit<int>((size_t)n_out * SG_K);
+    std::vector<unsigned> masks = sg_uninit<unsigned>((size_t)n_out * SG_MASK_WORDS);
     sg_launch(n_out, [&] {{ {p}_neighbors(out.data(), n_out, table.data(), values.data(), cap - 1, s[0], s[1], s[2], s[3], nbr.data(), masks.data()); }});
+    nbr.resize((size_t)n_out * SG_K);
+    masks.resize((size_t)n_out * SG_MASK_WORDS);
     sg_write(dir + "/out_coords.bin", out);
     sg_write(dir + "/nbr.bin", nbr);
     sg_write(dir + "/masks.bin", masks);
-    // The conv launch plan from the masks, in tiles of 64 rows.
+    // CudaBackend::plan_on_device in tiles of 64 rows: no host step between the launches.
     const int block_rows = 64;
-    long long plan_sort = 1;
-    while (plan_sort < n_out) plan_sort <<= 1;
-    std::vector<sg_key> pkeys(plan_sort, SG_EMPTY);
+    std::vector<sg_key> pkeys = sg_uninit<sg_key>(n_out);
     sg_launch(n_out, [&] {{ {p}_mask_keys(masks.data(), n_out, pkeys.data()); }});
-    for (long long k = 2; k <= plan_sort; k <<= 1)
-        for (long long j = k >> 1; j > 0; j >>= 1)
-            sg_launch(plan_sort, [&] {{ {p}_bitonic_step(pkeys.data(), plan_sort, j, k); }});
+    sg_radix_sort(pkeys, n_out, 32, std::min(SG_K, 32));
     const int tiles = (n_out + block_rows - 1) / block_rows;
-    std::vector<int> order(n_out), tile_count(tiles), starts(tiles + 1, 0);
-    std::vector<unsigned> tile_union((size_t)tiles * SG_MASK_WORDS);
-    sg_launch(tiles, [&] {{ {p}_tile_masks(pkeys.data(), n_out, masks.data(), block_rows, tiles, order.data(), tile_union.data(), tile_count.data()); }});
-    for (int t = 0; t < tiles; ++t) starts[t + 1] = starts[t] + tile_count[t];
-    std::vector<int> offsets(starts[tiles]);
+    std::vector<int> order = sg_uninit<int>(n_out);
+    std::vector<unsigned> tile_union = sg_uninit<unsigned>((size_t)tiles * SG_MASK_WORDS);
+    std::vector<int> starts = sg_uninit<int>((size_t)tiles + 1);
+    sg_launch(tiles, [&] {{ {p}_tile_masks(pkeys.data(), n_out, masks.data(), block_rows, tiles, order.data(), tile_union.data(), starts.data()); }});
+    sg_scan(starts, tiles);
+    std::vector<int> offsets = sg_uninit<int>((size_t)tiles * SG_K);
     sg_launch(tiles, [&] {{ {p}_tile_offsets(tile_union.data(), starts.data(), tiles, offsets.data()); }});
+    // What the conv kernels read: n_out rows, tiles + 1 starts, starts[tiles] offsets.
+    order.resize(n_out);
+    starts.resize((size_t)tiles + 1);
+    offsets.resize(starts[tiles]);
     sg_write(dir + "/order.bin", order);
     sg_write(dir + "/starts.bin", starts);
     sg_write(dir + "/offsets.bin", offsets);
     return 0;
 }}
-"#
+"#,
+        launchers = rulebook_launchers(kernels)
     )
+}
+
+/// A driver of the radix sort alone: sorts `keys.bin` by bits [shift, shift + bits) into
+/// `sorted.bin` through `sg_radix_sort`, the runtime's launch sequence.
+fn radix_main(kernels: &RulebookKernels) -> String {
+    format!(
+        r#"{launchers}
+int main(int argc, char** argv) {{
+    if (argc != 4) return 4;
+    const std::string dir = argv[1];
+    const int shift = std::atoi(argv[2]), bits = std::atoi(argv[3]);
+    std::vector<sg_key> keys = sg_read<sg_key>(dir + "/keys.bin");
+    const long long n = (long long)keys.size();
+    sg_radix_sort(keys, n, shift, bits);
+    keys.resize(n);
+    sg_write(dir + "/sorted.bin", keys);
+    return 0;
+}}
+"#,
+        launchers = rulebook_launchers(kernels)
+    )
+}
+
+/// Compiles a rulebook harness with the host C++ compiler; panics with its log on failure.
+fn build_rulebook_harness(
+    kernels: &RulebookKernels,
+    main: &str,
+    dir: &Path,
+    name: &str,
+) -> PathBuf {
+    let cpp = dir.join(format!("{name}.cpp"));
+    std::fs::write(&cpp, format!("{RULEBOOK_HEAD}{}{main}", kernels.source)).unwrap();
+    let exe = dir.join(name);
+    let built = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .expect("run g++");
+    assert!(
+        built.status.success(),
+        "{}: {}",
+        kernels.prefix,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    exe
 }
 
 fn read_vec<T: Copy + Default>(path: &Path) -> Vec<T> {
@@ -623,15 +762,29 @@ fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
         return;
     }
     let root = std::env::temp_dir().join(format!("sparsegen-emu-rb-{}", std::process::id()));
-    for (i, case) in cases(DType::F32).iter().enumerate() {
+    // The layer cases, and two of 30k sites whose sorts span many radix blocks.
+    let mut all = cases(DType::F32);
+    for spec in [
+        LayerSpec::builder(ConvKind::Submanifold, 3),
+        LayerSpec::builder(ConvKind::Strided, 3)
+            .stride(2)
+            .padding(1),
+    ] {
+        all.push(Case {
+            spec: spec.channels(16, 16).build().unwrap(),
+            sites: 30_000,
+            shape: vec![64, 64, 64],
+        });
+    }
+    for (i, case) in all.iter().enumerate() {
         let (rulebook, _) = rulebook_and_input(case, 11 + i as u64);
         let geometry = case.spec.geometry();
         let kernels = rulebook_kernels(&geometry);
-        let dir = root.join(&kernels.prefix);
+        let dir = root.join(format!("{}-{i}", kernels.prefix));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         write(&dir.join("in_coords.bin"), rulebook.input().coords());
-        let inverse = case.spec.kind == sparsegen::codegen::ConvKind::Inverse;
+        let inverse = case.spec.kind == ConvKind::Inverse;
         if inverse {
             write(&dir.join("out_sites.bin"), rulebook.output().coords());
         }
@@ -642,32 +795,14 @@ fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
         };
         let in_shape = shape4(rulebook.input().spatial_shape());
         let out_shape = shape4(rulebook.output().spatial_shape());
-        let cpp = dir.join("rulebook.cpp");
-        std::fs::write(
-            &cpp,
-            format!(
-                "{RULEBOOK_HEAD}{}{}",
-                kernels.source,
-                rulebook_main(&kernels)
-            ),
-        )
-        .unwrap();
-        let exe = dir.join("rulebook");
-        let built = Command::new("g++")
-            .args(["-std=c++20", "-O1", "-w", "-o"])
-            .arg(&exe)
-            .arg(&cpp)
-            .output()
-            .expect("run g++");
-        assert!(
-            built.status.success(),
-            "{}: {}",
-            kernels.prefix,
-            String::from_utf8_lossy(&built.stderr)
-        );
+        let exe = build_rulebook_harness(&kernels, &rulebook_main(&kernels), &dir, "rulebook");
         let mut args = vec![rulebook.n_in().to_string()];
         args.extend(in_shape.iter().chain(&out_shape).map(u32::to_string));
         args.push(u8::from(inverse).to_string());
+        // Output keys lie below batch · cells of the output grid (the runtime's bound).
+        let cells = out_shape.iter().map(|&s| u128::from(s)).product::<u128>()
+            * u128::from(rulebook.input().batch_size());
+        args.push(radix_key_bits(cells).to_string());
         let ran = Command::new(&exe).arg(&dir).args(&args).output().unwrap();
         assert!(ran.status.success(), "{}: {:?}", kernels.prefix, ran.status);
         let coords: Vec<i32> = read_vec(&dir.join("out_coords.bin"));
@@ -747,6 +882,86 @@ fn cuda_rulebook_kernels_match_host_rulebook_in_cpu_emulation() {
         );
     }
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn cuda_radix_sort_is_a_stable_sort_in_cpu_emulation() {
+    let test = "cuda_radix_sort_is_a_stable_sort_in_cpu_emulation";
+    if !gxx_or_skip(test) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sparsegen-emu-radix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let geometry = cases(DType::F32)[0].spec.geometry();
+    let kernels = rulebook_kernels(&geometry);
+    let exe = build_rulebook_harness(&kernels, &radix_main(&kernels), &dir, "radix");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        // splitmix64: a fixed stream, so a failure reproduces.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let tile = RADIX_TILE as usize;
+    // (keys, field shift, field bits, distinct field values): the field is the sort key; the
+    // bits below it hold the input position (so equal fields must keep ascending positions)
+    // and the bits above it are noise the sort must ignore.
+    let shapes = [
+        (0, 20, 11, 5),
+        (1, 20, 11, 5),
+        (2, 20, 11, 2),
+        (255, 20, 9, 3),
+        (tile - 1, 20, 11, 7),
+        (tile, 20, 11, 7),
+        (tile + 1, 20, 17, 1000),
+        (3 * tile + 77, 24, 27, 9),
+        (5000, 32, 32, 4),
+    ];
+    for (n, shift, bits, distinct) in shapes {
+        let keys: Vec<u64> = (0..n as u64)
+            .map(|i| {
+                let field = (next() % distinct) << shift;
+                let above = match shift + bits {
+                    64 => 0,
+                    end => next() << end,
+                };
+                above | field | i
+            })
+            .collect();
+        write(&dir.join("keys.bin"), &keys);
+        let ran = Command::new(&exe)
+            .arg(&dir)
+            .args([shift.to_string(), bits.to_string()])
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "n = {n}: {:?}", ran.status);
+        let mut sorted: Vec<u64> = read_vec(&dir.join("sorted.bin"));
+        sorted.truncate(n);
+        let field = |k: u64| (k >> shift) & ((1u64 << bits) - 1);
+        let mut want = keys.clone();
+        want.sort_by_key(|&k| field(k)); // stable
+        assert_eq!(sorted.len(), n, "n = {n}: length");
+        assert!(
+            sorted.windows(2).all(|w| field(w[0]) <= field(w[1])),
+            "n = {n}, bits {shift}..{}: not sorted",
+            shift + bits
+        );
+        assert!(
+            sorted
+                .windows(2)
+                .all(|w| field(w[0]) != field(w[1]) || (w[0] & 0xfffff) < (w[1] & 0xfffff)),
+            "n = {n}: equal keys out of input order"
+        );
+        assert_eq!(sorted, want, "n = {n}: not the stable sort of the input");
+        eprintln!(
+            "radix sort of {n} keys by bits {shift}..{}: ok",
+            shift + bits
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn gather_main(kernels: &GatherKernels) -> String {

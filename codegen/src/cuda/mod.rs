@@ -15,7 +15,8 @@
 //!   stream-ordered, no atomics;
 //! - rulebook and launch-plan kernels ([`rulebook_kernels`]): device hash table, neighbour
 //!   table, offset masks, output sites of strided/transposed layers by sort + unique, and
-//!   the mask-sorted tile plan.
+//!   the mask-sorted tile plan; sorting is a stable LSD radix sort and prefix sums a
+//!   single-block scan ([`radix_passes`]), a fixed handful of launches per sort.
 //!
 //! Every kernel fuses bias and activation into its epilogue, writes each output element once
 //! (gather-GEMM-scatter: once per offset, in order), and uses atomics only to build hash
@@ -34,6 +35,7 @@
 mod conv;
 mod gather;
 mod params;
+mod radix;
 mod rulebook;
 mod syntax;
 mod tile;
@@ -43,6 +45,10 @@ pub use conv::{ConvKernel, EmitError, conv_kernel};
 pub use gather::{EPILOGUE_THREADS, GatherKernels, gather_kernels};
 pub use params::{
     CONV_PARAMS, CParam, EPILOGUE_PARAMS, Elem, GATHER_PARAMS, KernelParam, ParamType,
+};
+pub use radix::{
+    RADIX_BITS, RADIX_DIGITS, RADIX_ITEMS, RADIX_TILE, RadixPass, radix_blocks, radix_counts,
+    radix_key_bits, radix_launches, radix_passes,
 };
 pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
 pub use syntax::{

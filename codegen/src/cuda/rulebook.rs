@@ -1,30 +1,46 @@
 //! Rulebook kernels: build a layer's `[N_out, K]` neighbour table and per-row offset masks
 //! in device memory, with the same semantics and the same canonical output order as the
-//! runtime's host [`Rulebook`](../../sparsegen_runtime/rulebook/index.html) builder.
+//! runtime's host [`Rulebook`](../../sparsegen_runtime/rulebook/index.html) builder, and the
+//! layer's output-stationary launch plan from those masks.
 //!
 //! One translation unit per [`Geometry`] (the kernel, stride, padding and dilation are baked
 //! in; spatial shapes are arguments). Its kernels, in the order the runtime launches them:
 //!
 //! 1. `expand` (strided and transposed only): for each (input site, offset) the output key it
 //!    reaches, or `SG_EMPTY`.
-//! 2. `insert_keys` + `compact`: deduplicate those keys in an open-addressing set, then
-//!    gather them (in slot order).
-//! 3. `bitonic_step`: sort the keys (padded to a power of two with `SG_EMPTY`); keys are
-//!    mixed-radix `(b, c0, .., c{D-1})`, so key order is the lexicographic coordinate order —
-//!    the host builder's canonical order — and the result does not depend on scheduling.
+//! 2. `fill_keys`, `insert_keys`, `compact`: deduplicate those keys in an open-addressing set
+//!    (emptied on the device), then gather them (in slot order). The runtime reads the count
+//!    back: it sizes the output buffers.
+//! 3. `radix_histogram`, `scan`, `radix_scatter`, once per 8-bit digit (see [`radix_passes`]):
+//!    a stable LSD radix sort of the unique keys by their `ceil(log2(batch · cells))` low bits.
+//!    Keys are mixed-radix `(b, c0, .., c{D-1})`, so key order is the lexicographic coordinate
+//!    order — the host builder's canonical order — and the result does not depend on
+//!    scheduling.
 //! 4. `unpack`: keys back to coordinate rows.
-//! 5. `insert`: the input sites into an open-addressing table `key → row` (linear probing,
-//!    64-bit `atomicCAS`). The runtime sizes it to at least twice the sites, a power of two,
-//!    for every build: it grows with its input and never overflows.
+//! 5. `fill_keys`, `insert`: the input sites into an open-addressing table `key → row`
+//!    (linear probing, 64-bit `atomicCAS`). The runtime sizes it to at least twice the sites,
+//!    a power of two, for every build: it grows with its input and never overflows.
 //! 6. `neighbors`: one thread per output row probes every offset and writes its table row and
 //!    its mask words (`ceil(K/32)` `unsigned`s, bit `k % 32` of word `k / 32`).
 //!
-//! Atomics are used only to build the tables; every value written to the outputs is
-//! determined by the coordinates alone.
+//! and for a launch plan in tiles of `block_rows` rows, with no host round trip:
+//!
+//! 7. `mask_keys`: a key per row, `(mask fold << 32) | row`.
+//! 8. the radix sort of step 3 by the fold's bits (`K` for `K ≤ 32`, where the fold is the mask
+//!    itself, else 32): rows in input order sorted stably by mask — the host `TilePlan` order
+//!    `(mask, row)` for `K ≤ 32`.
+//! 9. `tile_masks`: each tile's rows, mask union and offset count; `scan` turns the counts, in
+//!    place, into the `[tiles + 1]` starts; `tile_offsets` writes each tile's offsets there.
+//!
+//! Atomics are used only to build the tables and to count digits; every value written to the
+//! outputs is determined by the coordinates alone.
+//!
+//! [`radix_passes`]: super::radix_passes
 
 use crate::geometry::Geometry;
 use crate::spec::ConvKind;
 
+use super::radix::emit_sort_kernels;
 use super::syntax::CWriter;
 
 /// The generated rulebook kernels of one geometry.
@@ -45,11 +61,28 @@ pub const RULEBOOK_THREADS: u32 = 256;
 pub const EMPTY_KEY: u64 = u64::MAX;
 
 impl RulebookKernels {
-    /// The entry point of one of the kernels (`expand`, `insert_keys`, `compact`,
-    /// `bitonic_step`, `unpack`, `insert`, `neighbors`, `mask_keys`, `tile_masks`,
-    /// `tile_offsets`).
+    /// The entry point of one of the kernels (see [`Self::kernel_names`]).
     pub fn entry(&self, kernel: &str) -> String {
         format!("{}_{kernel}", self.prefix)
+    }
+
+    /// The kernels of this translation unit, by the name [`Self::entry`] takes.
+    pub fn kernel_names(&self) -> Vec<&'static str> {
+        let mut names = vec![
+            "fill_keys",
+            "scan",
+            "radix_histogram",
+            "radix_scatter",
+            "insert",
+            "neighbors",
+            "mask_keys",
+            "tile_masks",
+            "tile_offsets",
+        ];
+        if self.makes_outputs() {
+            names.extend(["expand", "insert_keys", "compact", "unpack"]);
+        }
+        names
     }
 
     /// Whether the geometry creates new output sites (strided, transposed): then the
@@ -123,7 +156,18 @@ pub fn rulebook_kernels(geometry: &Geometry) -> RulebookKernels {
         join(&geometry.dilation)
     ));
     w.lines(HELPERS);
+    emit_sort_kernels(&mut w, &prefix);
     let idx = "const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;";
+
+    w.line("");
+    w.line("// keys[0..n) = SG_EMPTY: empties a hash table or key set on the device.");
+    w.line(format_args!(
+        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_fill_keys(sg_key* keys, long long n)"
+    ));
+    w.open("");
+    w.line(idx);
+    w.line("if (t < n) keys[t] = SG_EMPTY;");
+    w.close("");
 
     // expand: (input site, offset) -> output key.
     if matches!(geometry.kind, ConvKind::Strided | ConvKind::Transposed) {
@@ -267,25 +311,10 @@ pub fn rulebook_kernels(geometry: &Geometry) -> RulebookKernels {
     w.close("");
 
     w.line("");
-    w.line("// One step (k, j) of a bitonic sort of n (a power of two) keys, ascending.");
-    w.line(format_args!(
-        "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_bitonic_step("
-    ));
-    w.line("    sg_key* keys, long long n, long long j, long long k)");
-    w.open("");
-    w.line(idx);
-    w.line("if (t >= n) return;");
-    w.line("const long long partner = t ^ j;");
-    w.line("if (partner <= t) return;");
-    w.line("const sg_key a = keys[t];");
-    w.line("const sg_key b = keys[partner];");
-    w.line("const bool ascending = (t & k) == 0;");
-    w.line("if ((a > b) == ascending) { keys[t] = b; keys[partner] = a; }");
-    w.close("");
-
-    w.line("");
-    w.line("// Plan keys: (mask fold << 32) | row, so sorting groups rows with equal offset masks");
-    w.line("// (for K <= 32 the fold is the mask itself: the host planner's order).");
+    w.line(
+        "// Plan keys: (mask fold << 32) | row. Sorting them stably by the fold groups rows with",
+    );
+    w.line("// equal offset masks (for K <= 32 the fold is the mask itself: the host planner's order).");
     w.line(format_args!(
         "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_mask_keys("
     ));
@@ -422,5 +451,23 @@ mod tests {
         assert!(k.source.contains(&k.entry("neighbors")));
         assert_eq!(k.mask_words(), 1);
         assert_eq!(rulebook_kernels(&geometry(ConvKind::Submanifold)), k);
+    }
+
+    #[test]
+    fn every_named_kernel_is_defined_once() {
+        for kind in [
+            ConvKind::Submanifold,
+            ConvKind::Strided,
+            ConvKind::Transposed,
+            ConvKind::Inverse,
+        ] {
+            let k = rulebook_kernels(&geometry(kind));
+            let defined = k.source.matches("__global__").count();
+            assert_eq!(defined, k.kernel_names().len(), "{}", k.prefix);
+            for name in k.kernel_names() {
+                let head = format!(" {}(", k.entry(name));
+                assert_eq!(k.source.matches(&head).count(), 1, "{} {name}", k.prefix);
+            }
+        }
     }
 }

@@ -1,10 +1,20 @@
 //! `DeviceRulebook`: a layer's neighbour table and offset masks built in device memory by the
-//! generated rulebook kernels (see `sparsegen_codegen::cuda::rulebook_kernels`): no host round
-//! trip of coordinates. Same table and same output order as the host
-//! [`Rulebook`](crate::Rulebook), which the GPU tests check entry by entry.
+//! generated rulebook kernels (see `sparsegen_codegen::cuda::rulebook_kernels`), and its
+//! output-stationary launch plan made from them: no host round trip of coordinates, tables
+//! or plans. Same table and same output order as the host [`Rulebook`](crate::Rulebook), which
+//! the GPU tests check entry by entry.
+//!
+//! Every buffer is emptied or filled on the device (no host vector is uploaded) and every
+//! sort is the generated radix sort: three launches per 8-bit digit, whatever the size. The
+//! only device→host copy is a strided or transposed layer's output count, which sizes its
+//! output buffers. This module launches; it does not generate (codegen does) and does not
+//! cache (the backend's plan cache does).
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use sparsegen_codegen::cuda::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, rulebook_kernels};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use sparsegen_codegen::cuda::{
+    RADIX_TILE, RULEBOOK_THREADS, RulebookKernels, radix_blocks, radix_counts, radix_key_bits,
+    radix_passes, rulebook_kernels,
+};
 use sparsegen_codegen::{ConvKind, Geometry};
 
 use std::sync::Arc;
@@ -56,6 +66,24 @@ fn table_capacity(keys: usize) -> usize {
     (2 * keys.max(1)).next_power_of_two()
 }
 
+/// Allocates `len.max(1)` elements of `T` without initialising them.
+///
+/// # Safety
+/// The caller writes every element on the stream (a kernel or a copy) before anything reads
+/// it, or reads only elements it wrote.
+unsafe fn alloc_uninit<T: DeviceRepr>(
+    stream: &Arc<cudarc::driver::CudaStream>,
+    len: usize,
+    what: &'static str,
+) -> Result<CudaSlice<T>, CudaError> {
+    // SAFETY: forwarded to the caller (see above).
+    unsafe { stream.alloc::<T>(len.max(1)) }.map_err(CudaError::driver(
+        "cuMemAlloc",
+        what,
+        len * std::mem::size_of::<T>(),
+    ))
+}
+
 impl CudaBackend {
     /// Copies a validated coordinate set to the device.
     pub fn upload_coords(&self, set: &CoordSet) -> Result<Arc<DeviceCoords>, CudaError> {
@@ -91,7 +119,11 @@ impl CudaBackend {
 
     /// Builds the rulebook of `geometry` over `input` on the device. An inverse geometry needs
     /// `output`: the input sites of its paired strided convolution (the sites it restores).
-    /// Nothing but the strided output count crosses to the host.
+    /// Nothing but the strided output count crosses to the host. Launches, in order (see
+    /// `sparsegen_codegen::cuda::rulebook_kernels`): for strided and transposed layers
+    /// `expand`, `fill_keys`, `insert_keys`, `compact`, the count read back, the radix sort
+    /// (three launches per 8 key bits, see [`radix_passes`]) and `unpack`; then for every
+    /// layer `fill_keys`, `insert` and `neighbors`.
     pub fn build_rulebook(
         &self,
         input: &Arc<DeviceCoords>,
@@ -116,11 +148,6 @@ impl CudaBackend {
         let stream = self.device().stream().clone();
         let driver = |call: &'static str, what: &'static str, bytes: usize| {
             CudaError::driver(call, what, bytes)
-        };
-        let alloc_i32 = |len: usize, what| {
-            stream
-                .alloc_zeros::<i32>(len.max(1))
-                .map_err(driver("cuMemAlloc", what, len * 4))
         };
         if input.dims() != geometry.dims() {
             return Err(CudaError::Shape {
@@ -176,13 +203,9 @@ impl CudaBackend {
                         int_limit * 256,
                     ));
                 }
-                let mut cand = stream
-                    .alloc_zeros::<u64>(candidates.max(1))
-                    .map_err(driver(
-                        "cuMemAlloc",
-                        "candidate output keys",
-                        candidates * 8,
-                    ))?;
+                // SAFETY: `expand` writes all n_in·K candidates before `insert_keys` reads them.
+                let mut cand =
+                    unsafe { alloc_uninit::<u64>(&stream, candidates, "candidate output keys") }?;
                 let expand = function("expand")?;
                 let n_in_i = n_in as i32;
                 let mut b = stream.launch_builder(&expand);
@@ -195,9 +218,14 @@ impl CudaBackend {
                 unsafe { b.launch(grid_1d(candidates as u64)) }.map_err(launch_error)?;
 
                 let capacity = table_capacity(candidates);
-                let mut set = stream
-                    .clone_htod(&vec![EMPTY_KEY; capacity])
-                    .map_err(driver("cuMemcpyHtoD", "output key set", capacity * 8))?;
+                if !grid_fits(capacity as u64) {
+                    return Err(too_large(
+                        "the slots of the output key set",
+                        capacity,
+                        int_limit * u64::from(RULEBOOK_THREADS),
+                    ));
+                }
+                let mut set = self.empty_keys(&kernels, capacity, "output key set")?;
                 let insert_keys = function("insert_keys")?;
                 let (n_cand, mask) = (candidates as i64, (capacity - 1) as u64);
                 let mut b = stream.launch_builder(&insert_keys);
@@ -206,45 +234,43 @@ impl CudaBackend {
                 // candidates, so probing always finds a free slot.
                 unsafe { b.launch(grid_1d(candidates as u64)) }.map_err(launch_error)?;
 
-                let mut unique = stream
-                    .clone_htod(&vec![EMPTY_KEY; capacity])
-                    .map_err(driver("cuMemcpyHtoD", "unique output keys", capacity * 8))?;
-                let mut count = alloc_i32(1, "output site count")?;
+                // SAFETY: `compact` writes unique[0..count) and only those are read.
+                let mut unique =
+                    unsafe { alloc_uninit::<u64>(&stream, candidates, "unique output keys") }?;
+                let mut count = stream.alloc_zeros::<i32>(1).map_err(driver(
+                    "cuMemAlloc",
+                    "output site count",
+                    4,
+                ))?;
                 let compact = function("compact")?;
                 let cap = capacity as i64;
                 let mut b = stream.launch_builder(&compact);
                 b.arg(&set).arg(&cap).arg(&mut unique).arg(&mut count);
-                // SAFETY: (table, capacity, out, count) as generated; `unique` has `capacity`
-                // slots, at least the number of keys in the set.
+                // SAFETY: (table, capacity, out, count) as generated; the set holds at most one
+                // key per candidate, and `unique` has a slot per candidate.
                 unsafe { b.launch(grid_1d(capacity as u64)) }.map_err(launch_error)?;
+                drop(set);
+                // The one read back of a build: the output count sizes the output buffers.
                 let n_unique = stream.clone_dtoh(&count).map_err(driver(
                     "cuMemcpyDtoH",
                     "output site count",
                     4,
                 ))?[0]
                     .max(0) as usize;
-
-                // Sort the first next_pow2(n) keys; the rest of `unique` is SG_EMPTY already.
-                let n_sort = n_unique.max(1).next_power_of_two();
-                let bitonic = function("bitonic_step")?;
-                let n_sort_i = n_sort as i64;
-                let mut size = 2i64;
-                while size <= n_sort_i {
-                    let mut j = size / 2;
-                    while j > 0 {
-                        let mut b = stream.launch_builder(&bitonic);
-                        b.arg(&mut unique).arg(&n_sort_i).arg(&j).arg(&size);
-                        // SAFETY: (keys, n, j, k) as generated; n ≤ capacity = unique.len().
-                        unsafe { b.launch(grid_1d(n_sort as u64)) }.map_err(launch_error)?;
-                        j /= 2;
-                    }
-                    size *= 2;
-                }
                 if n_unique as u64 > int_limit {
                     return Err(too_large("the number of output sites", n_unique, int_limit));
                 }
+
+                // Key order is coordinate order; keys lie below batch · cells.
+                let cells = out_shape_u.iter().map(|&s| u128::from(s)).product::<u128>()
+                    * u128::from(input.batch_size());
+                let unique =
+                    self.radix_sort(&kernels, unique, n_unique, 0, radix_key_bits(cells))?;
                 let width = geometry.dims() + 1;
-                let mut coords = alloc_i32(n_unique * width, "output coordinates")?;
+                // SAFETY: `unpack` writes all n_unique rows.
+                let mut coords = unsafe {
+                    alloc_uninit::<i32>(&stream, n_unique * width, "output coordinates")
+                }?;
                 let unpack = function("unpack")?;
                 let n_u = n_unique as i32;
                 let mut b = stream.launch_builder(&unpack);
@@ -265,14 +291,11 @@ impl CudaBackend {
         let n_out = output.len();
 
         let capacity = table_capacity(n_in);
-        let mut table = stream
-            .clone_htod(&vec![EMPTY_KEY; capacity])
-            .map_err(driver(
-                "cuMemcpyHtoD",
-                "coordinate hash table",
-                capacity * 8,
-            ))?;
-        let mut values = alloc_i32(capacity, "coordinate hash values")?;
+        let mut table = self.empty_keys(&kernels, capacity, "coordinate hash table")?;
+        // SAFETY: `insert` writes the value of every slot it fills, and `neighbors` reads
+        // values only of filled slots.
+        let mut values =
+            unsafe { alloc_uninit::<i32>(&stream, capacity, "coordinate hash values") }?;
         let insert = function("insert")?;
         let (n_in_i, mask) = (n_in as i32, (capacity - 1) as u64);
         let mut b = stream.launch_builder(&insert);
@@ -289,10 +312,11 @@ impl CudaBackend {
         unsafe { b.launch(grid_1d(n_in as u64)) }.map_err(launch_error)?;
 
         let words = kernels.mask_words();
-        let mut neighbors = alloc_i32(n_out * k, "neighbour table")?;
-        let mut masks = stream
-            .alloc_zeros::<u32>((n_out * words).max(1))
-            .map_err(driver("cuMemAlloc", "offset masks", n_out * words * 4))?;
+        // SAFETY: `neighbors` writes every entry of both: K per row, and every mask word of a
+        // row (word k / 32 after offset k % 32 == 31 and after the last offset).
+        let mut neighbors = unsafe { alloc_uninit::<i32>(&stream, n_out * k, "neighbour table") }?;
+        // SAFETY: see above.
+        let mut masks = unsafe { alloc_uninit::<u32>(&stream, n_out * words, "offset masks") }?;
         let probe = function("neighbors")?;
         let n_out_i = n_out as i32;
         let mut b = stream.launch_builder(&probe);
@@ -322,9 +346,11 @@ impl CudaBackend {
     }
 
     /// The output-stationary launch plan of `rulebook` in tiles of `block_rows`, built on the
-    /// device from its masks (the generated `mask_keys`, `bitonic_step`, `tile_masks` and
-    /// `tile_offsets` kernels). Only the per-tile offset counts cross to the host, for the scan.
-    /// The plan's `efficiency` is not computed (NaN).
+    /// device from its masks, stream-ordered with no host copy and no host sync: the generated
+    /// `mask_keys`, a radix sort of rows by mask, `tile_masks`, a `scan` of the per-tile offset
+    /// counts into the `[tiles + 1]` starts, and `tile_offsets`. Offsets are allocated for the
+    /// worst case (`tiles · K`); only the first `starts[tiles]` are written. For `K ≤ 32` the
+    /// plan is the host [`TilePlan`](super::TilePlan)'s. Its `efficiency` is not computed (NaN).
     pub fn plan_on_device(
         &self,
         rulebook: &DeviceRulebook,
@@ -335,61 +361,47 @@ impl CudaBackend {
         let function = |kernel: &str| self.rulebook_function(&kernels, kernel);
         let stream = self.device().stream().clone();
         let n_out = rulebook.n_out;
+        let k = rulebook.kernel_volume;
+        let words = rulebook.mask_words;
         let block_rows = block_rows.max(1);
         let tiles = n_out.div_ceil(block_rows);
-        let n_sort = n_out.max(1).next_power_of_two();
-        if n_sort as u64 > i32::MAX as u64 || !grid_fits(n_sort as u64) {
-            return Err(CudaError::TooLarge {
-                layer: name,
-                what: "the number of output rows",
-                value: n_out as u64,
-                limit: 1 << 30,
-            });
-        }
-        let driver = |call: &'static str, what: &'static str, bytes: usize| {
-            CudaError::driver(call, what, bytes)
+        let int_limit = i32::MAX as u64;
+        let too_large = |what, value: usize| CudaError::TooLarge {
+            layer: name.clone(),
+            what,
+            value: value as u64,
+            limit: int_limit,
         };
-        let mut keys = stream.clone_htod(&vec![EMPTY_KEY; n_sort]).map_err(driver(
-            "cuMemcpyHtoD",
-            "plan keys",
-            n_sort * 8,
-        ))?;
+        if n_out as u64 > int_limit {
+            return Err(too_large("the number of output rows", n_out));
+        }
+        // Every (tile, offset) pair of the worst case must be addressable by the int32 starts.
+        let worst = tiles.saturating_mul(k);
+        if worst as u64 > int_limit {
+            return Err(too_large("the number of (tile, offset) pairs", worst));
+        }
+
+        // SAFETY: `mask_keys` writes all n_out keys.
+        let mut keys = unsafe { alloc_uninit::<u64>(&stream, n_out, "plan keys") }?;
         let mask_keys = function("mask_keys")?;
         let n_out_i = n_out as i32;
         let mut b = stream.launch_builder(&mask_keys);
         b.arg(&rulebook.masks).arg(&n_out_i).arg(&mut keys);
-        // SAFETY: (masks, n_out, keys) as generated; masks holds n_out·words, keys n_sort ≥ n_out.
+        // SAFETY: (masks, n_out, keys) as generated; masks holds n_out·words, keys n_out.
         unsafe { b.launch(grid_1d(n_out as u64)) }.map_err(launch_error)?;
-        let bitonic = function("bitonic_step")?;
-        let n_sort_i = n_sort as i64;
-        let mut size = 2i64;
-        while size <= n_sort_i {
-            let mut j = size / 2;
-            while j > 0 {
-                let mut b = stream.launch_builder(&bitonic);
-                b.arg(&mut keys).arg(&n_sort_i).arg(&j).arg(&size);
-                // SAFETY: (keys, n, j, k) as generated; n = keys.len().
-                unsafe { b.launch(grid_1d(n_sort as u64)) }.map_err(launch_error)?;
-                j /= 2;
-            }
-            size *= 2;
-        }
-        let alloc_i32 = |len: usize, what| {
-            stream
-                .alloc_zeros::<i32>(len.max(1))
-                .map_err(driver("cuMemAlloc", what, len * 4))
-        };
-        let mut order = alloc_i32(n_out, "tile row order")?;
-        let mut counts = alloc_i32(tiles, "tile offset counts")?;
-        let mut unions = stream
-            .alloc_zeros::<u32>((tiles * rulebook.mask_words).max(1))
-            .map_err(driver(
-                "cuMemAlloc",
-                "tile masks",
-                tiles * rulebook.mask_words * 4,
-            ))?;
+        // Rows are in order in the low half; a stable sort by the fold above them orders rows
+        // by (mask, row) for K ≤ 32, where the fold is the mask.
+        let keys = self.radix_sort(&kernels, keys, n_out, 32, k.min(32) as u32)?;
+
+        // SAFETY: `tile_masks` writes all n_out rows of `order`, all tiles·words unions and
+        // tile counts 0..tiles; `scan` then writes starts 0..=tiles over the counts.
+        let mut order = unsafe { alloc_uninit::<i32>(&stream, n_out, "tile row order") }?;
+        // SAFETY: see above.
+        let mut unions = unsafe { alloc_uninit::<u32>(&stream, tiles * words, "tile masks") }?;
+        // SAFETY: see above.
+        let mut starts = unsafe { alloc_uninit::<i32>(&stream, tiles + 1, "tile offset starts") }?;
         let tile_masks = function("tile_masks")?;
-        let (block_rows_i, tiles_i) = (block_rows as i32, tiles as i32);
+        let (block_rows_i, tiles_i) = (block_rows.min(i32::MAX as usize) as i32, tiles as i32);
         let mut b = stream.launch_builder(&tile_masks);
         b.arg(&keys)
             .arg(&n_out_i)
@@ -398,53 +410,132 @@ impl CudaBackend {
             .arg(&tiles_i)
             .arg(&mut order)
             .arg(&mut unions)
-            .arg(&mut counts);
+            .arg(&mut starts);
         // SAFETY: (keys, n_out, masks, block_rows, tiles, order, tile_union, tile_count) as
-        // generated; order holds n_out rows, unions tiles·words, counts tiles.
+        // generated; keys and order hold n_out rows, unions tiles·words, starts tiles + 1.
         unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
-        let counts = stream.clone_dtoh(&counts).map_err(driver(
-            "cuMemcpyDtoH",
-            "tile offset counts",
-            tiles * 4,
-        ))?;
-        let mut starts = Vec::with_capacity(tiles + 1);
-        let mut total = 0i64;
-        starts.push(0i32);
-        for &c in counts.iter().take(tiles) {
-            total += i64::from(c);
-            if total > i64::from(i32::MAX) {
-                return Err(CudaError::TooLarge {
-                    layer: name,
-                    what: "the number of (tile, offset) pairs",
-                    value: total as u64,
-                    limit: i32::MAX as u64,
-                });
-            }
-            starts.push(total as i32);
-        }
-        let starts_d = stream.clone_htod(&starts).map_err(driver(
-            "cuMemcpyHtoD",
-            "tile offset starts",
-            starts.len() * 4,
-        ))?;
-        let mut offsets = alloc_i32(total as usize, "tile offsets")?;
+        self.scan(&kernels, &mut starts, tiles)?;
+
+        // SAFETY: `tile_offsets` writes offsets[0..starts[tiles]); the conv kernels read tile t's
+        // offsets starts[t]..starts[t + 1] only.
+        let mut offsets = unsafe { alloc_uninit::<i32>(&stream, worst, "tile offsets") }?;
         let tile_offsets = function("tile_offsets")?;
         let mut b = stream.launch_builder(&tile_offsets);
-        b.arg(&unions)
-            .arg(&starts_d)
-            .arg(&tiles_i)
-            .arg(&mut offsets);
-        // SAFETY: (tile_union, starts, tiles, offsets) as generated; offsets holds the scan's
-        // total, and each tile writes exactly its count from its start.
+        b.arg(&unions).arg(&starts).arg(&tiles_i).arg(&mut offsets);
+        // SAFETY: (tile_union, starts, tiles, offsets) as generated; each tile writes its count
+        // (at most K) from its start, so offsets of tiles·K entries hold them all.
         unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
         Ok(DeviceTiles {
             tiles,
             efficiency: f64::NAN,
             nbr: rulebook.neighbors.clone(),
             order,
-            starts: starts_d,
+            starts,
             offsets,
         })
+    }
+
+    /// `len` keys set to the empty key on the device (the generated `fill_keys`).
+    fn empty_keys(
+        &self,
+        kernels: &RulebookKernels,
+        len: usize,
+        what: &'static str,
+    ) -> Result<CudaSlice<u64>, CudaError> {
+        let stream = self.device().stream();
+        // SAFETY: `fill_keys` writes all `len` keys before the caller's kernels read them.
+        let mut keys = unsafe { alloc_uninit::<u64>(stream, len, what) }?;
+        let fill = self.rulebook_function(kernels, "fill_keys")?;
+        let n = len as i64;
+        let mut b = stream.launch_builder(&fill);
+        b.arg(&mut keys).arg(&n);
+        // SAFETY: (keys, n) as generated; keys holds n (callers bound n by a launchable grid).
+        unsafe { b.launch(grid_1d(len as u64)) }.map_err(launch_error)?;
+        Ok(keys)
+    }
+
+    /// Exclusive scan of `values[0..n)` in place on the device, `values[n]` = the total (the
+    /// generated single-block `scan`). `values` holds at least n + 1 entries and the total
+    /// fits an `i32` (callers check).
+    fn scan(
+        &self,
+        kernels: &RulebookKernels,
+        values: &mut CudaSlice<i32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        debug_assert!(values.len() > n && n <= i32::MAX as usize);
+        let stream = self.device().stream();
+        let scan = self.rulebook_function(kernels, "scan")?;
+        let n_i = n as i32;
+        let mut b = stream.launch_builder(&scan);
+        b.arg(values).arg(&n_i);
+        // SAFETY: (values, n) as generated; one block of RULEBOOK_THREADS threads, which the
+        // kernel assumes; values holds n + 1 entries.
+        unsafe { b.launch(grid_blocks(1)) }.map_err(launch_error)?;
+        Ok(())
+    }
+
+    /// Sorts `keys[0..n)` stably by key bits `[shift, shift + bits)` with the generated radix
+    /// sort (per 8-bit digit: `radix_histogram`, `scan`, `radix_scatter`), ping-ponging with
+    /// a scratch buffer; returns whichever of the two holds the result. `n` fits an `i32`.
+    fn radix_sort(
+        &self,
+        kernels: &RulebookKernels,
+        mut keys: CudaSlice<u64>,
+        n: usize,
+        shift: u32,
+        bits: u32,
+    ) -> Result<CudaSlice<u64>, CudaError> {
+        let passes = radix_passes(shift, bits);
+        if n <= 1 || passes.is_empty() {
+            return Ok(keys);
+        }
+        if n as u64 > i32::MAX as u64 {
+            return Err(CudaError::TooLarge {
+                layer: kernels.prefix.clone(),
+                what: "the number of keys to sort",
+                value: n as u64,
+                limit: i32::MAX as u64,
+            });
+        }
+        debug_assert!(keys.len() >= n);
+        let stream = self.device().stream();
+        let blocks = radix_blocks(n);
+        // n < 2^31 keys in tiles of RADIX_TILE: fewer than 2^20 blocks, 2^28 counts.
+        debug_assert!(blocks <= (i32::MAX as usize).div_ceil(RADIX_TILE as usize));
+        // SAFETY: every pass's scatter writes all n keys of `alt` before they are read;
+        // `radix_histogram` writes all 256·blocks counts and `scan` the total after them.
+        let mut alt = unsafe { alloc_uninit::<u64>(stream, n, "sort scratch keys") }?;
+        // SAFETY: see above.
+        let mut counts = unsafe { alloc_uninit::<i32>(stream, radix_counts(n), "digit counts") }?;
+        let histogram = self.rulebook_function(kernels, "radix_histogram")?;
+        let scatter = self.rulebook_function(kernels, "radix_scatter")?;
+        let n_i = n as i32;
+        for pass in passes {
+            let (shift_i, bits_i) = (pass.shift as i32, pass.bits as i32);
+            let mut b = stream.launch_builder(&histogram);
+            b.arg(&keys)
+                .arg(&n_i)
+                .arg(&shift_i)
+                .arg(&bits_i)
+                .arg(&mut counts);
+            // SAFETY: (keys, n, shift, bits, counts) as generated; one block per RADIX_TILE
+            // keys of RULEBOOK_THREADS threads (one per digit), counts holds 256·blocks + 1.
+            unsafe { b.launch(grid_blocks(blocks)) }.map_err(launch_error)?;
+            self.scan(kernels, &mut counts, radix_counts(n) - 1)?;
+            let mut b = stream.launch_builder(&scatter);
+            b.arg(&keys)
+                .arg(&n_i)
+                .arg(&shift_i)
+                .arg(&bits_i)
+                .arg(&counts)
+                .arg(&mut alt);
+            // SAFETY: (keys, n, shift, bits, starts, out) as generated; the same blocks as the
+            // histogram, whose scanned counts place each key once in out[0..n).
+            unsafe { b.launch(grid_blocks(blocks)) }.map_err(launch_error)?;
+            std::mem::swap(&mut keys, &mut alt);
+        }
+        Ok(keys)
     }
 
     fn rulebook_function(
@@ -480,6 +571,14 @@ impl DeviceRulebook {
 fn grid_1d(threads: u64) -> LaunchConfig {
     // Callers bound `threads` by n·K with n < 2^31 and K ≤ 2^14 (checked by `grid_fits`).
     let blocks = threads.div_ceil(u64::from(RULEBOOK_THREADS)).max(1);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (RULEBOOK_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn grid_blocks(blocks: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (RULEBOOK_THREADS, 1, 1),
