@@ -612,6 +612,10 @@ static void sg_radix_sort(std::vector<sg_key>& keys, long long n, int shift, int
 
 fn rulebook_main(kernels: &RulebookKernels) -> String {
     let p = &kernels.prefix;
+    let fan_out = kernels
+        .geometry
+        .max_outputs_per_input()
+        .clamp(1, kernels.geometry.kernel_volume());
     let outputs = if kernels.makes_outputs() {
         format!(
             r#"
@@ -620,13 +624,16 @@ fn rulebook_main(kernels: &RulebookKernels) -> String {
     const size_t candidates = (size_t)n_in * SG_K;
     std::vector<sg_key> cand = sg_uninit<sg_key>(candidates);
     sg_launch((long long)candidates, [&] {{ {p}_expand(in.data(), n_in, cand.data(), o[0], o[1], o[2], o[3]); }});
+    // At most n_in · fan-out distinct outputs (Geometry::max_outputs_per_input).
+    const size_t max_outputs = (size_t)n_in * {fan_out};
     size_t set_cap = 1;
-    while (set_cap < 2 * std::max<size_t>(candidates, 1)) set_cap <<= 1;
+    while (set_cap < 2 * std::max<size_t>(max_outputs, 1)) set_cap <<= 1;
     std::vector<sg_key> set = sg_empty_keys(set_cap);
     sg_launch((long long)candidates, [&] {{ {p}_insert_keys(cand.data(), (long long)candidates, set.data(), set_cap - 1); }});
-    std::vector<sg_key> unique = sg_uninit<sg_key>(candidates);
+    std::vector<sg_key> unique = sg_uninit<sg_key>(max_outputs);
     int count = 0;
     sg_launch((long long)set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), &count); }});
+    if ((size_t)count > max_outputs) {{ std::fprintf(stderr, "more outputs than the fan-out bound\n"); return 4; }}
     sg_radix_sort(unique, count, 0, key_bits);
     out = sg_uninit<int>((size_t)count * (SG_DIMS + 1));
     sg_launch(count, [&] {{ {p}_unpack(unique.data(), count, out.data(), o[0], o[1], o[2], o[3]); }});

@@ -155,6 +155,33 @@ impl Geometry {
         Ok(out)
     }
 
+    /// The most output sites one input site can feed: per axis, the most offsets `k` that put
+    /// an input position on an output position (for a strided conv, those with
+    /// `p + pad − k·d ≡ 0 (mod s)`, at best over the residues of `p`; every offset otherwise),
+    /// multiplied over the axes. So a strided or transposed conv over `n` inputs has at most
+    /// `n ·` this many distinct outputs (a stride-2, 3³ conv: 8, not 27).
+    pub fn max_outputs_per_input(&self) -> usize {
+        (0..self.dims())
+            .map(|axis| {
+                let k = i64::from(self.kernel[axis]);
+                let s = i64::from(self.stride[axis]).max(1);
+                let pad = i64::from(self.padding[axis]);
+                let d = i64::from(self.dilation[axis]);
+                match self.kind {
+                    ConvKind::Strided => (0..s)
+                        .map(|r| {
+                            (0..k)
+                                .filter(|&kk| (r + pad - kk * d).rem_euclid(s) == 0)
+                                .count()
+                        })
+                        .max()
+                        .unwrap_or(0),
+                    ConvKind::Submanifold | ConvKind::Transposed | ConvKind::Inverse => k as usize,
+                }
+            })
+            .product()
+    }
+
     /// The geometry of the strided convolution an inverse one reuses (same fields, kind
     /// `Strided`); any other kind is returned unchanged.
     pub fn as_strided(&self) -> Geometry {
@@ -172,6 +199,51 @@ impl Geometry {
 mod tests {
     use super::*;
     use crate::{ConvKind, LayerSpec};
+
+    #[test]
+    fn outputs_per_input_bound_strided_fan_out() {
+        let g = |k: u32, s: u32, p: u32, d: u32| {
+            LayerSpec::builder(ConvKind::Strided, 3)
+                .channels(1, 1)
+                .kernel(k)
+                .stride(s)
+                .padding(p)
+                .dilation(d)
+                .build()
+                .unwrap()
+                .geometry()
+        };
+        assert_eq!(g(3, 2, 1, 1).max_outputs_per_input(), 8);
+        assert_eq!(g(3, 1, 1, 1).max_outputs_per_input(), 27);
+        assert_eq!(g(2, 2, 0, 1).max_outputs_per_input(), 1);
+        assert_eq!(g(5, 2, 2, 1).max_outputs_per_input(), 27);
+        // Brute force over positions: no input reaches more outputs than the bound.
+        for (k, s, p, d) in [
+            (3, 2, 1, 1),
+            (3, 3, 0, 2),
+            (4, 2, 1, 3),
+            (5, 3, 2, 1),
+            (1, 2, 0, 1),
+        ] {
+            let geometry = g(k, s, p, d);
+            let per_axis = (0..40i64)
+                .map(|pos| {
+                    (0..i64::from(k))
+                        .filter(|&kk| {
+                            let t = pos + i64::from(p) - kk * i64::from(d);
+                            t >= 0 && t % i64::from(s) == 0
+                        })
+                        .count()
+                })
+                .max()
+                .unwrap();
+            assert_eq!(
+                geometry.max_outputs_per_input(),
+                per_axis.pow(3),
+                "k{k} s{s} p{p} d{d}"
+            );
+        }
+    }
 
     fn geometry(kind: ConvKind, k: u32, s: u32, p: u32) -> Geometry {
         let b = LayerSpec::builder(kind, 3)

@@ -217,7 +217,10 @@ impl CudaBackend {
                 // (in_coords, n_in, out_keys, o0..o3); `cand` holds n_in·K keys, one per thread.
                 unsafe { b.launch(grid_1d(candidates as u64)) }.map_err(launch_error)?;
 
-                let capacity = table_capacity(candidates);
+                // At most n_in · fan-out distinct outputs (8 per input for a stride-2 3³ conv,
+                // not 27): the set and `unique` are sized by that bound, 2× for the set.
+                let max_outputs = n_in * geometry.max_outputs_per_input().clamp(1, k);
+                let capacity = table_capacity(max_outputs);
                 if !grid_fits(capacity as u64) {
                     return Err(too_large(
                         "the slots of the output key set",
@@ -230,13 +233,14 @@ impl CudaBackend {
                 let (n_cand, mask) = (candidates as i64, (capacity - 1) as u64);
                 let mut b = stream.launch_builder(&insert_keys);
                 b.arg(&cand).arg(&n_cand).arg(&mut set).arg(&mask);
-                // SAFETY: (keys, n, table, mask) as generated; the set has 2× more slots than
-                // candidates, so probing always finds a free slot.
+                // SAFETY: (keys, n, table, mask) as generated; the set has at least 2× more
+                // slots than distinct valid candidates (`max_outputs`), so probing always
+                // finds a free slot.
                 unsafe { b.launch(grid_1d(candidates as u64)) }.map_err(launch_error)?;
 
                 // SAFETY: `compact` writes unique[0..count) and only those are read.
                 let mut unique =
-                    unsafe { alloc_uninit::<u64>(&stream, candidates, "unique output keys") }?;
+                    unsafe { alloc_uninit::<u64>(&stream, max_outputs, "unique output keys") }?;
                 let mut count = stream.alloc_zeros::<i32>(1).map_err(driver(
                     "cuMemAlloc",
                     "output site count",
@@ -246,8 +250,8 @@ impl CudaBackend {
                 let cap = capacity as i64;
                 let mut b = stream.launch_builder(&compact);
                 b.arg(&set).arg(&cap).arg(&mut unique).arg(&mut count);
-                // SAFETY: (table, capacity, out, count) as generated; the set holds at most one
-                // key per candidate, and `unique` has a slot per candidate.
+                // SAFETY: (table, capacity, out, count) as generated; the set holds at most
+                // `max_outputs` keys, and `unique` has that many slots.
                 unsafe { b.launch(grid_1d(capacity as u64)) }.map_err(launch_error)?;
                 drop(set);
                 // The one read back of a build: the output count sizes the output buffers.
@@ -259,6 +263,15 @@ impl CudaBackend {
                     .max(0) as usize;
                 if n_unique as u64 > int_limit {
                     return Err(too_large("the number of output sites", n_unique, int_limit));
+                }
+                // `Geometry::max_outputs_per_input` is a proven bound (and tested against brute
+                // force); were it ever wrong, fail loudly rather than read past `unique`.
+                if n_unique > max_outputs {
+                    return Err(too_large(
+                        "distinct output sites (above the geometry's fan-out bound: a bug)",
+                        n_unique,
+                        max_outputs as u64,
+                    ));
                 }
 
                 // Key order is coordinate order; keys lie below batch · cells.
