@@ -584,7 +584,7 @@ enum Runner {
     /// A host backend (CPU JIT or reference), with the CPU backend for its JIT details.
     Host(Arc<dyn ConvBackend>, Option<Arc<CpuBackend>>),
     /// The GPU, on device-resident tensors.
-    Cuda(CudaBackend, DType),
+    Cuda(Box<CudaBackend>, DType),
 }
 
 fn runner(args: &Args) -> AnyResult<Runner> {
@@ -626,7 +626,7 @@ fn runner(args: &Args) -> AnyResult<Runner> {
         "cuda" => {
             let cuda = CudaBackend::new(CudaOptions::default())
                 .map_err(|e| format!("--device cuda: {e}"))?;
-            Runner::Cuda(cuda, dtype)
+            Runner::Cuda(Box::new(cuda), dtype)
         }
         other => {
             return Err(format!("unknown --device {other}; use cpu, cuda or reference").into());

@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let cuda = || CudaBackend::new(CudaOptions::default());
     let device = match args.device.as_str() {
-        "auto" => match cuda() {
+        "auto" => match cuda().map(Box::new) {
             Ok(gpu) => Device::Cuda(gpu),
             Err(e) => {
                 println!("no usable GPU ({e}); running on the CPU");
@@ -108,7 +108,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         },
         "cpu" => Device::Host(Engine::with_backend(Arc::new(CpuBackend::new()))),
-        "cuda" => Device::Cuda(cuda().map_err(|e| format!("--device cuda: {e}"))?),
+        "cuda" => Device::Cuda(
+            cuda()
+                .map(Box::new)
+                .map_err(|e| format!("--device cuda: {e}"))?,
+        ),
         "reference" => Device::Host(Engine::reference()),
         other => {
             return Err(
@@ -145,7 +149,7 @@ enum Device {
     /// A host engine (JITed CPU kernels or the reference executor).
     Host(Engine),
     /// The GPU, with every activation kept in device memory.
-    Cuda(CudaBackend),
+    Cuda(Box<CudaBackend>),
 }
 
 impl Device {

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use rayon::prelude::*;
-use sparsegen_codegen::DType;
 use sparsegen_codegen::cuda::{
     ConvKernel, ConvTile, EPILOGUE_THREADS, GatherKernels, SmVersion, conv_kernel, gather_kernels,
     pack_weights,
 };
+use sparsegen_codegen::{DType, Geometry};
 
 use crate::engine::ConvBackend;
 use crate::rulebook::Rulebook;
@@ -33,7 +33,7 @@ use super::nvrtc::{Nvrtc, parse_arch};
 use super::plan::{TilePlan, conv_grid};
 use super::plan_cache::{DevicePairs, DevicePlan, DeviceTiles, PlanCache, PlanKey, PlanKind};
 use super::pool::{DevicePool, PooledBuffer};
-use super::rulebook_gpu::DeviceRulebook;
+use super::rulebook_gpu::{DeviceRulebook, RulebookModule};
 use super::timer::GpuTimer;
 
 /// Below this fraction of useful products in output-stationary tiles (see
@@ -58,7 +58,11 @@ pub struct CudaBackend {
     pool: DevicePool,
     tuning: Mutex<TuningTable>,
     plans: PlanCache,
+    rulebook_modules: RulebookModules,
 }
+
+/// Loaded rulebook kernels by geometry.
+pub(crate) type RulebookModules = Mutex<HashMap<Geometry, Arc<RulebookModule>>>;
 
 /// The result of one launch.
 #[derive(Debug)]
@@ -100,6 +104,7 @@ impl CudaBackend {
             pool,
             tuning: Mutex::new(tuning),
             plans: PlanCache::new(PLAN_CACHE_ENTRIES),
+            rulebook_modules: Mutex::new(HashMap::new()),
         })
     }
 
@@ -126,6 +131,11 @@ impl CudaBackend {
     /// The generated kernel of `layer` with `tile` for this device.
     pub fn kernel(&self, layer: &SparseConv, tile: &ConvTile) -> Result<ConvKernel, CudaError> {
         Ok(conv_kernel(layer.spec(), tile, self.target)?)
+    }
+
+    /// Loaded rulebook kernels by geometry (see `rulebook_gpu`).
+    pub(crate) fn rulebook_modules(&self) -> &RulebookModules {
+        &self.rulebook_modules
     }
 
     /// The options the backend was opened with.

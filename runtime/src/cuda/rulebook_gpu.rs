@@ -17,6 +17,7 @@ use sparsegen_codegen::cuda::{
 };
 use sparsegen_codegen::{ConvKind, Geometry};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::coord_index::KeyPacking;
@@ -49,6 +50,25 @@ pub struct DeviceRulebook {
     pub neighbors: Arc<CudaSlice<i32>>,
     /// `[n_out, mask_words]` offset masks.
     pub masks: CudaSlice<u32>,
+}
+
+/// A geometry's rulebook kernels and their loaded entry points.
+#[derive(Debug)]
+pub(crate) struct RulebookModule {
+    kernels: RulebookKernels,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl RulebookModule {
+    fn function(&self, kernel: &str) -> Result<CudaFunction, CudaError> {
+        self.functions
+            .get(kernel)
+            .cloned()
+            .ok_or_else(|| CudaError::Shape {
+                layer: self.kernels.prefix.clone(),
+                message: format!("the rulebook kernels have no `{kernel}` kernel"),
+            })
+    }
 }
 
 /// The host copies of a [`DeviceRulebook`] (coordinates, table, masks).
@@ -130,7 +150,8 @@ impl CudaBackend {
         geometry: &Geometry,
         output: Option<&Arc<DeviceCoords>>,
     ) -> Result<DeviceRulebook, CudaError> {
-        let kernels = rulebook_kernels(geometry);
+        let module = self.rulebook_module(geometry)?;
+        let kernels = &module.kernels;
         let name = kernels.prefix.clone();
         let too_large = |what, value: usize, limit: u64| CudaError::TooLarge {
             layer: name.clone(),
@@ -144,7 +165,7 @@ impl CudaBackend {
         if n_in as u64 > int_limit {
             return Err(too_large("the number of input sites", n_in, int_limit));
         }
-        let function = |kernel: &str| self.rulebook_function(&kernels, kernel);
+        let function = |kernel: &str| module.function(kernel);
         let stream = self.device().stream().clone();
         let driver = |call: &'static str, what: &'static str, bytes: usize| {
             CudaError::driver(call, what, bytes)
@@ -228,7 +249,7 @@ impl CudaBackend {
                         int_limit * u64::from(RULEBOOK_THREADS),
                     ));
                 }
-                let mut set = self.empty_keys(&kernels, capacity, "output key set")?;
+                let mut set = self.empty_keys(kernels, capacity, "output key set")?;
                 let insert_keys = function("insert_keys")?;
                 let (n_cand, mask) = (candidates as i64, (capacity - 1) as u64);
                 let mut b = stream.launch_builder(&insert_keys);
@@ -278,7 +299,7 @@ impl CudaBackend {
                 let cells = out_shape_u.iter().map(|&s| u128::from(s)).product::<u128>()
                     * u128::from(input.batch_size());
                 let unique =
-                    self.radix_sort(&kernels, unique, n_unique, 0, radix_key_bits(cells))?;
+                    self.radix_sort(kernels, unique, n_unique, 0, radix_key_bits(cells))?;
                 let width = geometry.dims() + 1;
                 // SAFETY: `unpack` writes all n_unique rows.
                 let mut coords = unsafe {
@@ -304,7 +325,7 @@ impl CudaBackend {
         let n_out = output.len();
 
         let capacity = table_capacity(n_in);
-        let mut table = self.empty_keys(&kernels, capacity, "coordinate hash table")?;
+        let mut table = self.empty_keys(kernels, capacity, "coordinate hash table")?;
         // SAFETY: `insert` writes the value of every slot it fills, and `neighbors` reads
         // values only of filled slots.
         let mut values =
@@ -369,9 +390,10 @@ impl CudaBackend {
         rulebook: &DeviceRulebook,
         block_rows: usize,
     ) -> Result<DeviceTiles, CudaError> {
-        let kernels = rulebook_kernels(&rulebook.geometry);
+        let module = self.rulebook_module(&rulebook.geometry)?;
+        let kernels = &module.kernels;
         let name = kernels.prefix.clone();
-        let function = |kernel: &str| self.rulebook_function(&kernels, kernel);
+        let function = |kernel: &str| module.function(kernel);
         let stream = self.device().stream().clone();
         let n_out = rulebook.n_out;
         let k = rulebook.kernel_volume;
@@ -404,7 +426,7 @@ impl CudaBackend {
         unsafe { b.launch(grid_1d(n_out as u64)) }.map_err(launch_error)?;
         // Rows are in order in the low half; a stable sort by the fold above them orders rows
         // by (mask, row) for K ≤ 32, where the fold is the mask.
-        let keys = self.radix_sort(&kernels, keys, n_out, 32, k.min(32) as u32)?;
+        let keys = self.radix_sort(kernels, keys, n_out, 32, k.min(32) as u32)?;
 
         // SAFETY: `tile_masks` writes all n_out rows of `order`, all tiles·words unions and
         // tile counts 0..tiles; `scan` then writes starts 0..=tiles over the counts.
@@ -427,7 +449,7 @@ impl CudaBackend {
         // SAFETY: (keys, n_out, masks, block_rows, tiles, order, tile_union, tile_count) as
         // generated; keys and order hold n_out rows, unions tiles·words, starts tiles + 1.
         unsafe { b.launch(grid_1d(tiles as u64)) }.map_err(launch_error)?;
-        self.scan(&kernels, &mut starts, tiles)?;
+        self.scan(kernels, &mut starts, tiles)?;
 
         // SAFETY: `tile_offsets` writes offsets[0..starts[tiles]); the conv kernels read tile t's
         // offsets starts[t]..starts[t + 1] only.
@@ -556,7 +578,34 @@ impl CudaBackend {
         kernels: &RulebookKernels,
         kernel: &str,
     ) -> Result<CudaFunction, CudaError> {
-        self.load_function(&kernels.prefix, &kernels.source, &kernels.entry(kernel))
+        self.rulebook_module(&kernels.geometry)?.function(kernel)
+    }
+
+    /// The rulebook kernels of `geometry`, generated and loaded once per backend: a build or
+    /// plan neither regenerates nor rehashes their source.
+    pub(crate) fn rulebook_module(
+        &self,
+        geometry: &Geometry,
+    ) -> Result<Arc<RulebookModule>, CudaError> {
+        let mut modules = self
+            .rulebook_modules()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(geometry) {
+            return Ok(m.clone());
+        }
+        let kernels = rulebook_kernels(geometry);
+        let functions = kernels
+            .kernel_names()
+            .into_iter()
+            .map(|name| {
+                self.load_function(&kernels.prefix, &kernels.source, &kernels.entry(name))
+                    .map(|f| (name, f))
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let module = Arc::new(RulebookModule { kernels, functions });
+        modules.insert(*geometry, module.clone());
+        Ok(module)
     }
 }
 
