@@ -25,7 +25,8 @@ struct Args {
     /// Largest accepted max abs error relative to max |spconv|.
     #[arg(long, default_value_t = 1e-5)]
     tolerance: f64,
-    /// Executor: `reference` (f32 accumulation), `reference-f64` or `cpu` (the JITed backend).
+    /// Executor: `reference` (f32 accumulation), `reference-f64`, `cpu` (the JITed backend) or
+    /// `cuda` (the GPU, fp32).
     #[arg(long, default_value = "reference")]
     device: String,
 }
@@ -40,8 +41,15 @@ fn main() -> ExitCode {
         "reference-f64" => Engine::with_backend(std::sync::Arc::new(ReferenceBackend {
             accumulate: Accumulate::F64,
         })),
+        "cuda" => match sparsegen::runtime::cuda::CudaBackend::new(Default::default()) {
+            Ok(gpu) => Engine::with_backend(std::sync::Arc::new(gpu)),
+            Err(e) => {
+                eprintln!("--device cuda: {e}");
+                return ExitCode::from(2);
+            }
+        },
         other => {
-            eprintln!("unknown --device {other}: use reference, reference-f64 or cpu");
+            eprintln!("unknown --device {other}: use reference, reference-f64, cpu or cuda");
             return ExitCode::from(2);
         }
     };
