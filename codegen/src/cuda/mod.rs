@@ -50,7 +50,10 @@ pub use radix::{
     RADIX_BITS, RADIX_DIGITS, RADIX_ITEMS, RADIX_TILE, RadixPass, radix_blocks, radix_counts,
     radix_key_bits, radix_launches, radix_passes,
 };
-pub use rulebook::{EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, rulebook_kernels};
+pub use rulebook::{
+    EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, plan_key, plan_key_group,
+    rulebook_kernels,
+};
 pub use syntax::{
     CWriter, FloatLit, StorageType, cp_async_prelude, dtype_prelude, mma_prelude, tf32_prelude,
 };

@@ -2,12 +2,15 @@
 //! ordered by their offset masks, cut into tiles of `BM` rows, each with the ascending list of
 //! offsets any of its rows needs — and the launch grid. Pure host logic, tested without a GPU.
 //!
-//! Sorting rows by mask puts rows with the same neighbourhood pattern in the same tile, so
-//! a tile's offset list is short where the cloud is thin (lidar) and the kernel skips whole
-//! offsets instead of multiplying zeros. The order is deterministic (mask, then row), so the
-//! tiles, and with them the bits of the result, do not depend on thread scheduling.
+//! Sorting rows by their offset mask (coarsened to 32 bits for kernels of more than 32
+//! offsets: [`plan_key`]) puts rows with the same neighbourhood pattern in the same tile, so a
+//! tile's offset list is short where the cloud is thin (lidar) and the kernel skips whole
+//! offsets instead of multiplying zeros. The order is deterministic (key, then row), so the
+//! tiles, and with them the bits of the result, do not depend on thread scheduling; the
+//! device planner (`CudaBackend::plan_on_device`) makes the same plan.
 
 use rayon::prelude::*;
+use sparsegen_codegen::cuda::plan_key;
 
 use crate::rulebook::Rulebook;
 
@@ -65,13 +68,14 @@ impl TilePlan {
                     }
                 }
             });
+        // The device planner's key (`plan_key`): the mask itself for K <= 32, else coarsened to
+        // 32 bits; ties keep row order. Host and device plans are the same for every K.
+        let keys: Vec<u32> = (0..n_out)
+            .into_par_iter()
+            .map(|o| plan_key(k, |offset| rulebook.neighbors_of(o)[offset] >= 0))
+            .collect();
         let mut order: Vec<i32> = (0..n_out as i32).collect();
-        order.par_sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            masks[a * words..(a + 1) * words]
-                .cmp(&masks[b * words..(b + 1) * words])
-                .then(a.cmp(&b))
-        });
+        order.par_sort_unstable_by_key(|&o| (keys[o as usize], o));
         let tiles = n_out.div_ceil(block_rows);
         let per_tile: Vec<Vec<i32>> = order
             .par_chunks(block_rows)
@@ -258,8 +262,14 @@ mod tests {
 
     #[test]
     fn sorting_by_mask_saves_work() {
-        let rb = rulebook(ConvKind::Submanifold, 3);
-        let sorted = TilePlan::build(&rb, 64, "t").unwrap();
+        // K = 27 sorts by the mask itself; K = 125 by the mask coarsened to 32 bits.
+        for kernel in [3, 5] {
+            sorting_saves_work(&rulebook(ConvKind::Submanifold, kernel));
+        }
+    }
+
+    fn sorting_saves_work(rb: &Rulebook) {
+        let sorted = TilePlan::build(rb, 64, "t").unwrap();
         // The same tiles over rows in their natural order.
         let mut natural = sorted.clone();
         natural.order = (0..rb.n_out() as i32).collect();
@@ -275,7 +285,13 @@ mod tests {
         }
         natural.tile_offset_start = starts;
         natural.tile_offsets = offsets;
-        assert!(sorted.efficiency(&rb) > natural.efficiency(&rb));
+        assert!(
+            sorted.efficiency(rb) > natural.efficiency(rb),
+            "K = {}: sorted {} vs natural {}",
+            rb.kernel_volume(),
+            sorted.efficiency(rb),
+            natural.efficiency(rb)
+        );
     }
 
     #[test]
