@@ -37,7 +37,7 @@ use serde_json::json;
 use sparsegen::prelude::*;
 use sparsegen::runtime::cpu::{CpuBackend, CpuOptions, GemmKernel, StrategyChoice};
 use sparsegen::runtime::cuda::{
-    CudaBackend, CudaOptions, DeviceCoords, DeviceRulebookCache, DeviceTensor,
+    CudaBackend, CudaOptions, DeviceCoords, DeviceRulebookCache, DeviceTensor, TilePlan,
 };
 use sparsegen::runtime::io::npy;
 
@@ -478,8 +478,9 @@ fn bench_layer_cuda(
     let tile = first.tile;
     let (n_in, n_out) = (x.len(), first.output.len());
     drop(first);
-    // Pairs are counted on the host (not part of any timing).
-    let pairs = {
+    // Pairs and the plan's useful-product share are computed on the host (not timed; the
+    // device plan is the same plan).
+    let (pairs, efficiency) = {
         let host = RulebookCache::new();
         let base_arc = Arc::new(base_set);
         let rb = if inverse {
@@ -488,7 +489,8 @@ fn bench_layer_cuda(
         } else {
             host.get_or_build(&base_arc, &geometry, name)?
         };
-        rb.n_pairs()
+        let plan = TilePlan::build(&rb, tile.block_rows() as usize, name)?;
+        (rb.n_pairs(), plan.efficiency(&rb))
     };
 
     let map = if inverse {
@@ -566,6 +568,7 @@ fn bench_layer_cuda(
         "threads": rayon::current_num_threads(),
         "rulebook": if args.cached_rulebook { "cached" } else { "fresh" },
         "variant": tile.suffix(),
+        "tile_efficiency": round(efficiency),
         "first_call_ms": round(first_ms),
         "nvrtc": nvrtc,
         "kernel_cache": {"compiled": cache_stats.compiled, "disk_hits": cache_stats.disk_hits,
