@@ -74,12 +74,14 @@ impl RulebookModule {
 /// The host copies of a [`DeviceRulebook`] (coordinates, table, masks).
 pub type HostRulebookParts = (Vec<i32>, Vec<i32>, Vec<u32>);
 
-fn shape4(shape: &[u32]) -> [i32; 4] {
+/// The `int` spatial shape arguments of the rulebook kernels (unused axes 1), or the first
+/// extent an `int` cannot hold (a `CoordSet` allows any `u32` extent).
+fn shape4(shape: &[u32]) -> Result<[i32; 4], u32> {
     let mut out = [1i32; 4];
     for (o, &s) in out.iter_mut().zip(shape) {
-        *o = s as i32;
+        *o = i32::try_from(s).map_err(|_| s)?;
     }
-    out
+    Ok(out)
 }
 
 fn table_capacity(keys: usize) -> usize {
@@ -180,7 +182,9 @@ impl CudaBackend {
                 ),
             });
         }
-        let in_shape = shape4(input.spatial_shape());
+        let in_shape = shape4(input.spatial_shape()).map_err(|extent| {
+            too_large("a spatial extent of the input", extent as usize, int_limit)
+        })?;
         let in_coords = input.buffer();
 
         let output = match geometry.kind {
@@ -215,7 +219,9 @@ impl CudaBackend {
                         1 << 63,
                     )
                 })?;
-                let out_shape = shape4(&out_shape_u);
+                let out_shape = shape4(&out_shape_u).map_err(|extent| {
+                    too_large("a spatial extent of the output", extent as usize, int_limit)
+                })?;
                 let candidates = n_in * k;
                 if !grid_fits(candidates as u64) {
                     return Err(too_large(
@@ -657,5 +663,18 @@ fn launch_error(source: cudarc::driver::DriverError) -> CudaError {
     CudaError::Driver {
         call: "cuLaunchKernel",
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_shapes_are_ints_or_refused() {
+        assert_eq!(shape4(&[5, 7]), Ok([5, 7, 1, 1]));
+        assert_eq!(shape4(&[i32::MAX as u32; 4]), Ok([i32::MAX; 4]));
+        // Wrapping to a negative `int` made every neighbour look out of bounds.
+        assert_eq!(shape4(&[4, 1 << 31]), Err(1 << 31));
     }
 }
