@@ -632,7 +632,7 @@ fn rulebook_main(kernels: &RulebookKernels) -> String {
     sg_launch((long long)candidates, [&] {{ {p}_insert_keys(cand.data(), (long long)candidates, set.data(), set_cap - 1); }});
     std::vector<sg_key> unique = sg_uninit<sg_key>(max_outputs);
     int count = 0;
-    sg_launch((long long)set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), &count); }});
+    sg_launch((long long)set_cap, [&] {{ {p}_compact(set.data(), (long long)set_cap, unique.data(), (long long)max_outputs, &count); }});
     if ((size_t)count > max_outputs) {{ std::fprintf(stderr, "more outputs than the fan-out bound\n"); return 4; }}
     sg_radix_sort(unique, count, 0, key_bits);
     out = sg_uninit<int>((size_t)count * (SG_DIMS + 1));

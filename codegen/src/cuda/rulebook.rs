@@ -244,12 +244,17 @@ pub fn rulebook_kernels(geometry: &Geometry) -> RulebookKernels {
         w.line(format_args!(
             "extern \"C\" __global__ void __launch_bounds__({RULEBOOK_THREADS}) {prefix}_compact("
         ));
-        w.line("    const sg_key* __restrict__ table, long long capacity, sg_key* __restrict__ out, int* count)");
+        w.line("    const sg_key* __restrict__ table, long long capacity, sg_key* __restrict__ out, long long out_len,");
+        w.line("    int* count)");
         w.open("");
         w.line(idx);
         w.line("if (t >= capacity) return;");
         w.line("const sg_key key = table[t];");
-        w.line("if (key != SG_EMPTY) out[atomicAdd(count, 1)] = key;");
+        w.line("// Every key is counted; only out_len fit (the caller checks count <= out_len).");
+        w.open("if (key != SG_EMPTY)");
+        w.line("const int at = atomicAdd(count, 1);");
+        w.line("if (at < out_len) out[at] = key;");
+        w.close("");
         w.close("");
 
         w.line("");

@@ -274,11 +274,15 @@ impl CudaBackend {
                     4,
                 ))?;
                 let compact = function("compact")?;
-                let cap = capacity as i64;
+                let (cap, out_len) = (capacity as i64, max_outputs as i64);
                 let mut b = stream.launch_builder(&compact);
-                b.arg(&set).arg(&cap).arg(&mut unique).arg(&mut count);
-                // SAFETY: (table, capacity, out, count) as generated; the set holds at most
-                // `max_outputs` keys, and `unique` has that many slots.
+                b.arg(&set)
+                    .arg(&cap)
+                    .arg(&mut unique)
+                    .arg(&out_len)
+                    .arg(&mut count);
+                // SAFETY: (table, capacity, out, out_len, count) as generated; `unique` has
+                // out_len = max_outputs slots and the kernel writes no slot at or past it.
                 unsafe { b.launch(grid_1d(capacity as u64)) }.map_err(launch_error)?;
                 drop(set);
                 // The one read back of a build: the output count sizes the output buffers.
@@ -292,7 +296,7 @@ impl CudaBackend {
                     return Err(too_large("the number of output sites", n_unique, int_limit));
                 }
                 // `Geometry::max_outputs_per_input` is a proven bound (and tested against brute
-                // force); were it ever wrong, fail loudly rather than read past `unique`.
+                // force); were it ever wrong, `compact` kept to `unique` and this fails loudly.
                 if n_unique > max_outputs {
                     return Err(too_large(
                         "distinct output sites (above the geometry's fan-out bound: a bug)",
