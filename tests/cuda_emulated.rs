@@ -313,21 +313,7 @@ fn emulate(
     write(&dir.join("order.bin"), &plan.order);
     write(&dir.join("starts.bin"), &plan.tile_offset_start);
     write(&dir.join("offsets.bin"), &plan.tile_offsets);
-    let cpp = dir.join("kernel.cpp");
-    std::fs::write(&cpp, host_source(kernel)).unwrap();
-    let exe = dir.join("kernel");
-    let built = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .expect("run g++");
-    assert!(
-        built.status.success(),
-        "{}: g++ failed:\n{}",
-        kernel.entry,
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let exe = build_harness(dir, "kernel", &host_source(kernel), &kernel.entry);
     let y_len = rulebook.n_out() * spec.out_channels as usize;
     let ran = Command::new(&exe)
         .arg(dir)
@@ -351,6 +337,26 @@ fn emulate(
         ran.status
     );
     decode(spec.dtype, &std::fs::read(dir.join("y.bin")).unwrap())
+}
+
+/// Writes `source` to `dir/<name>.cpp` and builds it with g++ into `dir/<name>` (the
+/// harness's flags); `what` names the kernel in a build failure.
+fn build_harness(dir: &Path, name: &str, source: &str, what: &str) -> PathBuf {
+    let cpp = dir.join(format!("{name}.cpp"));
+    std::fs::write(&cpp, source).unwrap();
+    let exe = dir.join(name);
+    let built = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .expect("run g++");
+    assert!(
+        built.status.success(),
+        "{what}: g++ failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    exe
 }
 
 fn gxx_or_skip(test: &str) -> bool {
@@ -728,22 +734,12 @@ fn build_rulebook_harness(
     dir: &Path,
     name: &str,
 ) -> PathBuf {
-    let cpp = dir.join(format!("{name}.cpp"));
-    std::fs::write(&cpp, format!("{RULEBOOK_HEAD}{}{main}", kernels.source)).unwrap();
-    let exe = dir.join(name);
-    let built = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .expect("run g++");
-    assert!(
-        built.status.success(),
-        "{}: {}",
-        kernels.prefix,
-        String::from_utf8_lossy(&built.stderr)
-    );
-    exe
+    build_harness(
+        dir,
+        name,
+        &format!("{RULEBOOK_HEAD}{}{main}", kernels.source),
+        &kernels.prefix,
+    )
 }
 
 fn read_vec<T: Copy + Default>(path: &Path) -> Vec<T> {
@@ -1042,24 +1038,11 @@ fn emulate_gather(
         dtype_prelude(&mut w, spec.dtype);
         source = source.replace(&w.finish(), F16_HOST);
     }
-    let cpp = dir.join("gather.cpp");
-    std::fs::write(
-        &cpp,
-        format!("{HARNESS_HEAD}{source}{}", gather_main(kernels)),
-    )
-    .unwrap();
-    let exe = dir.join("gather");
-    let built = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .expect("run g++");
-    assert!(
-        built.status.success(),
-        "{}: {}",
-        kernels.gemm_entry,
-        String::from_utf8_lossy(&built.stderr)
+    let exe = build_harness(
+        dir,
+        "gather",
+        &format!("{HARNESS_HEAD}{source}{}", gather_main(kernels)),
+        &kernels.gemm_entry,
     );
     let y_len = rulebook.n_out() * spec.out_channels as usize;
     let gy = spec.out_per_group().div_ceil(kernels.tile.block_cols());

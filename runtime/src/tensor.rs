@@ -26,7 +26,8 @@ pub struct CoordSetId(u64);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl CoordSetId {
-    fn fresh() -> Self {
+    /// A new identity (also used for coordinate sets in device memory).
+    pub(crate) fn fresh() -> Self {
         CoordSetId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
     }
 }

@@ -7,32 +7,24 @@
 //! cached per coordinate set (see [`DeviceRulebookCache`](super::DeviceRulebookCache)).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::CudaSlice;
 use sparsegen_codegen::DType;
 
-use crate::tensor::CoordSet;
+use crate::tensor::{CoordSet, CoordSetId};
 
 use super::error::CudaError;
 
-/// Process-unique identity of a [`DeviceCoords`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceCoordsId(u64);
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-impl DeviceCoordsId {
-    fn fresh() -> Self {
-        DeviceCoordsId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
-    }
-}
+/// Process-unique identity of a [`DeviceCoords`]: drawn from the same counter as
+/// [`CoordSetId`], so no host and device set ever share one.
+pub type DeviceCoordsId = CoordSetId;
 
 /// Unique sites `[N, 1 + dims]` (batch, then spatial axes) in device memory.
 ///
-/// Made by uploading a validated [`CoordSet`] ([`CudaBackend::upload_coords`]
-/// (super::CudaBackend::upload_coords)) or by a strided or transposed rulebook build, whose
-/// output sites are made on the device (sorted `(b, z, y, x)`, like the host's).
+/// Made by uploading a validated [`CoordSet`]
+/// ([`CudaBackend::upload_coords`](super::CudaBackend::upload_coords)) or by a strided or
+/// transposed rulebook build, whose output sites are made on the device (sorted
+/// `(b, z, y, x)`, like the host's).
 #[derive(Debug)]
 pub struct DeviceCoords {
     id: DeviceCoordsId,
@@ -52,7 +44,7 @@ impl DeviceCoords {
         batch_size: u32,
     ) -> Self {
         DeviceCoords {
-            id: DeviceCoordsId::fresh(),
+            id: CoordSetId::fresh(),
             coords,
             len,
             spatial_shape,
