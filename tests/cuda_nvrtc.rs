@@ -226,3 +226,67 @@ fn nvrtc_compiles_every_gather_scatter_variant() {
     }
     eprintln!("compiled {count} gather-GEMM-scatter modules, slowest {slowest:.1?}");
 }
+
+#[test]
+fn nvrtc_parallel_compiles_match_serial_ones() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_parallel_compiles_match_serial_ones") else {
+        return;
+    };
+    let sm = SmVersion(90);
+    let mut units: Vec<(String, String)> = representative_layers()
+        .into_iter()
+        .take(6)
+        .flat_map(|spec| {
+            conv_candidates(&spec, sm)
+                .into_iter()
+                .take(2)
+                .map(move |t| (spec, t))
+        })
+        .map(|(spec, tile)| {
+            let k = conv_kernel(&spec, &tile, sm).unwrap();
+            (k.entry, k.source)
+        })
+        .collect();
+    let distinct = units.len();
+    units.push(units[0].clone()); // a repeat is looked up, not compiled again
+    let dir = std::env::temp_dir().join(format!("sparsegen-kpar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let parallel = KernelCache::new(Some(dir.clone()));
+    let t = std::time::Instant::now();
+    let origins = parallel.get_or_compile_all(nvrtc, &units, sm).unwrap();
+    let parallel_time = t.elapsed();
+    assert_eq!(parallel.stats().compiled, distinct);
+    assert!(
+        origins[..distinct]
+            .iter()
+            .all(|&o| o == CacheOrigin::Compiled)
+    );
+    assert_eq!(origins[distinct], CacheOrigin::Memory);
+
+    let serial = KernelCache::new(None);
+    let t = std::time::Instant::now();
+    for (entry, source) in &units[..distinct] {
+        let (a, _) = serial.get_or_compile(nvrtc, entry, source, sm).unwrap();
+        let (b, origin) = parallel.get_or_compile(nvrtc, entry, source, sm).unwrap();
+        assert_eq!(origin, CacheOrigin::Memory);
+        assert_eq!(a.ptx, b.ptx, "{entry}: parallel and serial PTX differ");
+        assert_eq!(
+            a.cubin, b.cubin,
+            "{entry}: parallel and serial CUBIN differ"
+        );
+    }
+    eprintln!(
+        "{distinct} kernels: serial {:.0} ms, parallel {:.0} ms on {} threads",
+        t.elapsed().as_secs_f64() * 1e3,
+        parallel_time.as_secs_f64() * 1e3,
+        rayon::current_num_threads()
+    );
+
+    // A new process over the same folder reads them all back.
+    let warm = KernelCache::new(Some(dir.clone()));
+    let origins = warm.get_or_compile_all(nvrtc, &units, sm).unwrap();
+    assert!(origins[..distinct].iter().all(|&o| o == CacheOrigin::Disk));
+    assert_eq!(warm.stats().compiled, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,7 +25,7 @@ use super::CudaOptions;
 use super::autotune::{TuningKey, TuningTable, Variant, fastest, variants};
 use super::device::{CudaDevice, driver_available};
 use super::error::CudaError;
-use super::kernel_cache::{KernelCache, source_hash};
+use super::kernel_cache::{CacheOrigin, KernelCache, source_hash};
 use super::launch::{
     ConvArgs, EpilogueArgs, GatherArgs, launch_conv, launch_epilogue, launch_gather,
 };
@@ -63,6 +63,19 @@ pub struct CudaBackend {
 
 /// Loaded rulebook kernels by geometry.
 pub(crate) type RulebookModules = Mutex<HashMap<Geometry, Arc<RulebookModule>>>;
+
+/// What [`CudaBackend::warm_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmUp {
+    /// Kernels the layers can use (candidate tiles × dataflows, rulebook kernels).
+    pub kernels: usize,
+    /// Of those, compiled by NVRTC now.
+    pub compiled: usize,
+    /// Of those, read from the disk cache.
+    pub from_disk: usize,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+}
 
 /// The result of one launch.
 #[derive(Debug)]
@@ -136,6 +149,70 @@ impl CudaBackend {
     /// Loaded rulebook kernels by geometry (see `rulebook_gpu`).
     pub(crate) fn rulebook_modules(&self) -> &RulebookModules {
         &self.rulebook_modules
+    }
+
+    /// Compiles (or finds in the caches) every kernel `layers` can run with on this device
+    /// — each candidate tile of each dataflow, and the rulebook kernels of their geometries —
+    /// with NVRTC on all cores at once. A network calls it once at start-up so that its first
+    /// pass compiles nothing; autotuning then only times.
+    pub fn warm_up(&self, layers: &[&SparseConv]) -> Result<WarmUp, CudaError> {
+        let start = std::time::Instant::now();
+        let mut units = Vec::new();
+        for layer in layers {
+            let spec = layer.spec();
+            units.extend(
+                self.variant_units(spec, &variants(spec, self.target, self.options.allow_tf32))?,
+            );
+            let geometry = spec.geometry();
+            for g in [geometry, geometry.as_strided()] {
+                let kernels = sparsegen_codegen::cuda::rulebook_kernels(&g);
+                units.push((kernels.prefix.clone(), kernels.source));
+            }
+        }
+        let origins = self
+            .kernels
+            .get_or_compile_all(self.nvrtc, &units, self.target)?;
+        let count = |o| origins.iter().filter(|&&x| x == o).count();
+        Ok(WarmUp {
+            kernels: units.len(),
+            compiled: count(CacheOrigin::Compiled),
+            from_disk: count(CacheOrigin::Disk),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// The `(name, source)` of every kernel `candidates` of `spec` need.
+    fn variant_units(
+        &self,
+        spec: &sparsegen_codegen::LayerSpec,
+        candidates: &[Variant],
+    ) -> Result<Vec<(String, String)>, CudaError> {
+        candidates
+            .iter()
+            .map(|variant| match variant {
+                Variant::Stationary(tile) => {
+                    let k = conv_kernel(spec, tile, self.target)?;
+                    Ok((k.entry, k.source))
+                }
+                Variant::GatherScatter(tile) => {
+                    let k = gather_kernels(spec, tile, self.target)?;
+                    Ok((k.gemm_entry, k.source))
+                }
+            })
+            .collect()
+    }
+
+    /// Compiles every kernel of `candidates` in parallel before the autotuner times them one
+    /// by one.
+    pub(crate) fn precompile(
+        &self,
+        spec: &sparsegen_codegen::LayerSpec,
+        candidates: &[Variant],
+    ) -> Result<(), CudaError> {
+        let units = self.variant_units(spec, candidates)?;
+        self.kernels
+            .get_or_compile_all(self.nvrtc, &units, self.target)
+            .map(|_| ())
     }
 
     /// The options the backend was opened with.
@@ -258,6 +335,7 @@ impl CudaBackend {
         {
             return Ok((variant, None));
         }
+        self.precompile(spec, &candidates)?;
         let mut timings = Vec::with_capacity(candidates.len());
         let mut outputs = Vec::with_capacity(candidates.len());
         for variant in &candidates {

@@ -115,6 +115,36 @@ impl KernelCache {
         }
     }
 
+    /// Gets or compiles every `(entry, source)` unit for `arch`, NVRTC running on all cores
+    /// at once (it compiles distinct programs concurrently); a unit whose source repeats an
+    /// earlier one is looked up, not compiled twice. Returns where each unit came from, in
+    /// order. A network's kernels compile in the time of its slowest few instead of their sum.
+    pub fn get_or_compile_all(
+        &self,
+        nvrtc: &Nvrtc,
+        units: &[(String, String)],
+        arch: SmVersion,
+    ) -> Result<Vec<CacheOrigin>, CudaError> {
+        use rayon::prelude::*;
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let distinct: Vec<usize> = (0..units.len())
+            .filter(|&i| first.insert(units[i].1.as_str(), i).is_none())
+            .collect();
+        let origins: Vec<(usize, CacheOrigin)> = distinct
+            .par_iter()
+            .map(|&i| {
+                let (entry, source) = &units[i];
+                self.get_or_compile(nvrtc, entry, source, arch)
+                    .map(|(_, origin)| (i, origin))
+            })
+            .collect::<Result<_, _>>()?;
+        let by_unit: HashMap<usize, CacheOrigin> = origins.into_iter().collect();
+        // A repeated source is served from memory.
+        Ok((0..units.len())
+            .map(|i| by_unit.get(&i).copied().unwrap_or(CacheOrigin::Memory))
+            .collect())
+    }
+
     /// Every kernel in memory (compiled by this process, or read from disk), by entry name.
     pub fn kernels(&self) -> Vec<CachedKernel> {
         let mut all: Vec<CachedKernel> = self.lock().values().cloned().collect();
@@ -226,7 +256,10 @@ impl KernelCache {
         for (ext, bytes) in files {
             let Some(bytes) = bytes else { continue };
             let path = dir.join(format!("{stem}.{ext}"));
-            let tmp = dir.join(format!("{stem}.{ext}.{}.tmp", std::process::id()));
+            // Unique per process and per write: threads of one process may write at once.
+            static WRITES: AtomicUsize = AtomicUsize::new(0);
+            let nonce = WRITES.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!("{stem}.{ext}.{}-{nonce}.tmp", std::process::id()));
             std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io(&path))?;
         }

@@ -57,7 +57,7 @@ pub mod timer;
 
 use std::path::PathBuf;
 
-pub use backend::{ConvRun, CudaBackend, bf16_bits, bf16_value, f16_bits, f16_value};
+pub use backend::{ConvRun, CudaBackend, WarmUp, bf16_bits, bf16_value, f16_bits, f16_value};
 pub use device::{CudaDevice, driver_available};
 pub use error::CudaError;
 pub use kernel_cache::{CacheOrigin, KernelCache, KernelCacheStats};

@@ -365,6 +365,7 @@ impl CudaBackend {
         if !self.options().autotune || candidates.len() == 1 {
             return Ok(first);
         }
+        self.precompile(layer.spec(), &candidates)?;
         let mut timings = Vec::with_capacity(candidates.len());
         for variant in &candidates {
             let tile = tile_of(variant);
