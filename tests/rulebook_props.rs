@@ -202,6 +202,34 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     };
     let y = conv.forward(&engine, &x).expect("forward");
     prop_assert_eq!(y.coords(), &want.coords[..], "output sites of {}", spec);
+    // The fan-out bound that sizes the device's output key set holds: no input site feeds
+    // more outputs than `max_outputs_per_input`.
+    let rb = engine
+        .rulebooks()
+        .get_or_build(x.coord_set(), &spec.geometry(), "fan-out")
+        .expect("cached rulebook");
+    let mut fan_out = vec![0usize; rb.n_in()];
+    for o in 0..rb.n_out() {
+        let mut seen: Vec<i32> = rb
+            .neighbors_of(o)
+            .iter()
+            .copied()
+            .filter(|&i| i >= 0)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for i in seen {
+            fan_out[i as usize] += 1;
+        }
+    }
+    let bound = spec.geometry().max_outputs_per_input();
+    prop_assert!(
+        fan_out.iter().all(|&f| f <= bound),
+        "{}: an input feeds {} outputs, above the bound {}",
+        spec,
+        fan_out.iter().max().copied().unwrap_or(0),
+        bound
+    );
     assert_close(y.features(), &want.features, &spec.kernel_name());
     // Same geometry again: the cache answers, and the answer is the same.
     let again = conv.forward(&engine, &x).expect("forward");
