@@ -38,7 +38,7 @@ pub mod prelude {
         RulebookCache, SparseConv, SparseTensor, TensorError,
     };
 
-    pub use crate::typed::{Features, Layer, TypedConv, TypedError};
+    pub use crate::typed::{Features, GpuFeatures, GpuLayer, Layer, TypedConv, TypedError};
     pub use sparsegen_macros::sparse_layer;
 }
 

@@ -7,6 +7,8 @@
 //! config), the conversions into the typed world check them and return a [`TypedError`]
 //! that says what did not match.
 //!
+//! On a GPU, [`GpuFeatures<C>`] and [`GpuLayer`] do the same for device-resident tensors.
+//!
 //! This module only wraps: specs come from `sparsegen_codegen`, layers and their forward pass
 //! from `sparsegen_runtime`. It owns no rules of its own beyond "these channel counts must
 //! be equal".
@@ -29,9 +31,13 @@
 //! ```
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Deref;
 
-use sparsegen_codegen::LayerSpec;
+use sparsegen_codegen::{DType, LayerSpec};
+use sparsegen_runtime::cuda::{
+    CudaBackend, CudaError, DeviceConv, DeviceRulebookCache, DeviceTensor,
+};
 use sparsegen_runtime::{Engine, SparseConv, SparseTensor};
 
 /// A sparse tensor with `C` feature channels, checked when it is made.
@@ -180,6 +186,120 @@ impl<const IN: usize, const OUT: usize> TryFrom<SparseConv> for TypedConv<IN, OU
 impl<const IN: usize, const OUT: usize> From<TypedConv<IN, OUT>> for SparseConv {
     fn from(conv: TypedConv<IN, OUT>) -> Self {
         conv.conv
+    }
+}
+
+/// Features with `C` channels in GPU memory: the device twin of [`Features`], what
+/// [`GpuLayer::forward`] takes and gives, so a network on the GPU is channel-checked by the
+/// compiler too.
+#[derive(Debug)]
+pub struct GpuFeatures<const C: usize> {
+    tensor: DeviceTensor,
+}
+
+impl<const C: usize> GpuFeatures<C> {
+    /// Wraps `tensor`; a [`TypedError::TensorChannels`] if it does not have `C` channels.
+    pub fn new(tensor: DeviceTensor) -> Result<Self, TypedError> {
+        if tensor.channels() != C {
+            return Err(TypedError::TensorChannels {
+                expected: C,
+                got: tensor.channels(),
+            });
+        }
+        Ok(GpuFeatures { tensor })
+    }
+
+    /// Uploads `features` (coordinates and values) with values stored in `dtype`.
+    pub fn upload(
+        gpu: &CudaBackend,
+        features: &Features<C>,
+        dtype: DType,
+    ) -> Result<Self, CudaError> {
+        Ok(GpuFeatures {
+            tensor: gpu.upload_tensor(features.tensor(), dtype)?,
+        })
+    }
+
+    /// The values as f32, `[N, C]` (waits for the device).
+    pub fn download(&self, gpu: &CudaBackend) -> Result<Vec<f32>, CudaError> {
+        gpu.download_features(&self.tensor)
+    }
+
+    /// The device tensor.
+    pub fn tensor(&self) -> &DeviceTensor {
+        &self.tensor
+    }
+
+    /// Gives up the channel type: the device tensor.
+    pub fn into_tensor(self) -> DeviceTensor {
+        self.tensor
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.tensor.len()
+    }
+
+    /// Whether there are no sites.
+    pub fn is_empty(&self) -> bool {
+        self.tensor.is_empty()
+    }
+}
+
+/// A [`Layer`] prepared on a GPU (weights uploaded once): its forward pass takes
+/// `GpuFeatures<IN>` and gives `GpuFeatures<OUT>`, with `IN` and `OUT` those of the layer.
+///
+/// ```no_run
+/// use sparsegen::prelude::*;
+/// use sparsegen::runtime::cuda::DeviceRulebookCache;
+///
+/// sparse_layer! {
+///     pub Stem = subm3d(in: 4, out: 16, dtype: f16);
+///     pub Down = conv3d(in: 16, out: 32, stride: 2, padding: 1, dtype: f16);
+/// }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let gpu = CudaBackend::new(CudaOptions::default())?;
+/// let (stem, down) = (GpuLayer::new(&gpu, &Stem::new())?, GpuLayer::new(&gpu, &Down::new())?);
+/// let x = Features::<4>::new(SparseTensor::new(vec![0, 1, 1, 1], vec![1.0; 4], 4, &[4, 4, 4], 1)?)?;
+/// let maps = DeviceRulebookCache::new();
+/// let h = GpuFeatures::upload(&gpu, &x, DType::F16)?;
+/// let y: GpuFeatures<32> = down.forward(&gpu, &stem.forward(&gpu, &h, &maps)?, &maps)?;
+/// // down.forward(&gpu, &h, &maps) does not compile: expected `GpuFeatures<16>`, found `GpuFeatures<4>`.
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct GpuLayer<L: Layer> {
+    conv: DeviceConv,
+    layer: PhantomData<fn() -> L>,
+}
+
+impl<L: Layer> GpuLayer<L> {
+    /// Prepares `layer` on `gpu`.
+    pub fn new(gpu: &CudaBackend, layer: &L) -> Result<Self, CudaError> {
+        Ok(GpuLayer {
+            conv: gpu.prepare(layer.conv())?,
+            layer: PhantomData,
+        })
+    }
+
+    /// Runs the layer on `gpu` over `input`, its rulebook from (or into) `maps`.
+    pub fn forward<const IN: usize, const OUT: usize>(
+        &self,
+        gpu: &CudaBackend,
+        input: &GpuFeatures<IN>,
+        maps: &DeviceRulebookCache,
+    ) -> Result<GpuFeatures<OUT>, CudaError>
+    where
+        L: Layer<Input = Features<IN>, Output = Features<OUT>>,
+    {
+        Ok(GpuFeatures {
+            tensor: gpu.forward(&self.conv, &input.tensor, maps)?,
+        })
+    }
+
+    /// The prepared, untyped layer.
+    pub fn device_conv(&self) -> &DeviceConv {
+        &self.conv
     }
 }
 

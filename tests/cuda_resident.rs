@@ -258,3 +258,58 @@ fn cuda_resident_typed_errors() {
         Err(CudaError::Shape { .. })
     ));
 }
+
+sparsegen::sparse_layer! {
+    TStem = subm3d(in: 4, out: 16, activation: relu);
+    TDown = conv3d(in: 16, out: 32, stride: 2, padding: 1);
+    TUp = inverse3d(of: TDown, in: 32, out: 16);
+}
+
+/// `sparse_layer!` layers on the GPU (`GpuLayer`, `GpuFeatures`): the same chain as on the
+/// reference engine.
+#[test]
+fn cuda_resident_typed_layers_match_the_engine() {
+    use sparsegen::prelude::{Features, GpuFeatures, GpuLayer, Layer};
+    let test = "cuda_resident_typed_layers_match_the_engine";
+    let Some(cuda) = backend(test) else { return };
+    let seeded = |spec: LayerSpec, seed| SparseConv::seeded(spec, seed).unwrap();
+    let stem = TStem::from_conv(seeded(TStem::SPEC, 1)).unwrap();
+    let down = TDown::from_conv(seeded(TDown::SPEC, 2)).unwrap();
+    let up = TUp::from_conv(seeded(TUp::SPEC, 3)).unwrap();
+    let cloud = random_cloud(4, 700, &[14, 14, 14], 1);
+    let mut rng = Rng::new(5);
+    let values: Vec<f32> = (0..cloud.len() * 4).map(|_| rng.unit()).collect();
+    let x =
+        Features::<4>::new(sparsegen_runtime::SparseTensor::on(cloud.clone(), values, 4).unwrap())
+            .unwrap();
+
+    let engine = sparsegen_runtime::Engine::reference();
+    let want = up
+        .forward(
+            &engine,
+            &down
+                .forward(&engine, &stem.forward(&engine, &x).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+
+    let maps = DeviceRulebookCache::new();
+    let (g_stem, g_down, g_up) = (
+        GpuLayer::new(&cuda, &stem).unwrap(),
+        GpuLayer::new(&cuda, &down).unwrap(),
+        GpuLayer::new(&cuda, &up).unwrap(),
+    );
+    let h = GpuFeatures::upload(&cuda, &x, DType::F32).unwrap();
+    let y: GpuFeatures<16> = g_up
+        .forward(
+            &cuda,
+            &g_down
+                .forward(&cuda, &g_stem.forward(&cuda, &h, &maps).unwrap(), &maps)
+                .unwrap(),
+            &maps,
+        )
+        .unwrap();
+    let got = y.download(&cuda).unwrap();
+    let err = relative_error(&got, want.features());
+    assert!(err <= 1e-5, "typed chain: relative error {err}");
+}
