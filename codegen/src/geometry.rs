@@ -72,6 +72,15 @@ pub enum GeometryError {
     Inverse,
 }
 
+/// The first `dims` per-axis values, joined as in names: `3x3x3`.
+pub fn axes_text(values: &[u32], dims: usize) -> String {
+    values[..dims]
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
 impl Geometry {
     /// The spatial dimensions as a `usize`.
     pub const fn dims(&self) -> usize {
@@ -153,6 +162,28 @@ impl Geometry {
             out.push(u32::try_from(o).map_err(|_| GeometryError::TooLarge(o))?);
         }
         Ok(out)
+    }
+
+    /// A name of the geometry: kind, dims and kernel, then stride, padding, dilation and
+    /// output padding where they are not neutral, e.g. `conv3_k3x3x3_s2x2x2_p1x1x1`. Layer
+    /// kernel names and rulebook kernel names start with it.
+    pub fn name(&self) -> String {
+        let dims = self.dims();
+        let axes = |v: &[u32; MAX_DIMS]| axes_text(v, dims);
+        let mut name = format!("{}{}_k{}", self.kind.short_name(), dims, axes(&self.kernel));
+        if self.stride[..dims].iter().any(|&s| s != 1) {
+            name += &format!("_s{}", axes(&self.stride));
+        }
+        if self.padding[..dims].iter().any(|&p| p != 0) {
+            name += &format!("_p{}", axes(&self.padding));
+        }
+        if self.dilation[..dims].iter().any(|&d| d != 1) {
+            name += &format!("_d{}", axes(&self.dilation));
+        }
+        if self.output_padding[..dims].iter().any(|&p| p != 0) {
+            name += &format!("_op{}", axes(&self.output_padding));
+        }
+        name
     }
 
     /// The most output sites one input site can feed: per axis, the most offsets `k` that put

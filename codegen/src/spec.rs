@@ -506,27 +506,7 @@ impl LayerSpec {
     /// `subm3_k3x3x3_c16x32_f32` or `conv3_k3x3x3_s2x2x2_c32x64_g2_relu_f16`. Only what is
     /// not neutral is named.
     pub fn kernel_name(&self) -> String {
-        let dims = self.dims();
-        let axes = |v: &[u32; MAX_DIMS]| {
-            v[..dims]
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join("x")
-        };
-        let mut name = format!("{}{}_k{}", self.kind.short_name(), dims, axes(&self.kernel));
-        if self.stride[..dims].iter().any(|&s| s != 1) {
-            name += &format!("_s{}", axes(&self.stride));
-        }
-        if self.padding[..dims].iter().any(|&p| p != 0) {
-            name += &format!("_p{}", axes(&self.padding));
-        }
-        if self.dilation[..dims].iter().any(|&d| d != 1) {
-            name += &format!("_d{}", axes(&self.dilation));
-        }
-        if self.output_padding[..dims].iter().any(|&p| p != 0) {
-            name += &format!("_op{}", axes(&self.output_padding));
-        }
+        let mut name = self.geometry().name();
         name += &format!("_c{}x{}", self.in_channels, self.out_channels);
         if self.groups != 1 {
             name += &format!("_g{}", self.groups);

@@ -51,8 +51,7 @@ pub use radix::{
     radix_key_bits, radix_launches, radix_passes,
 };
 pub use rulebook::{
-    EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, geometry_name, plan_key, plan_key_group,
-    rulebook_kernels,
+    EMPTY_KEY, RULEBOOK_THREADS, RulebookKernels, plan_key, plan_key_group, rulebook_kernels,
 };
 pub use syntax::{
     CWriter, FloatLit, StorageType, cp_async_prelude, dtype_prelude, mma_prelude, tf32_prelude,

@@ -246,38 +246,17 @@ impl ConvTile {
                 depth,
                 warps_m,
                 warps_n,
-            } => {
-                if spec.dtype == DType::F32 {
-                    return Err(TileError::MmaDType {
-                        tile: self.suffix(),
-                        dtype: spec.dtype.name(),
-                    });
-                }
-                if !sm.has_mma_m16n8k16() {
-                    return Err(TileError::Arch {
-                        tile: self.suffix(),
-                        sm,
-                    });
-                }
-                if warps_m == 0
-                    || warps_n == 0
-                    || block_rows % (16 * warps_m) != 0
-                    || block_cols % (8 * warps_n) != 0
-                    || depth % 16 != 0
-                {
-                    return Err(shape(
-                        "rows per warp must be a multiple of 16, channels per warp of 8, depth of 16",
-                    ));
-                }
             }
-            ConvTile::MmaTf32 {
+            | ConvTile::MmaTf32 {
                 block_rows,
                 block_cols,
                 depth,
                 warps_m,
                 warps_n,
             } => {
-                if spec.dtype != DType::F32 {
+                // f16/bf16 tiles multiply m16n8k16, TF32 tiles (f32 layers only) m16n8k8.
+                let tf32 = matches!(self, ConvTile::MmaTf32 { .. });
+                if (spec.dtype == DType::F32) != tf32 {
                     return Err(TileError::MmaDType {
                         tile: self.suffix(),
                         dtype: spec.dtype.name(),
@@ -289,15 +268,18 @@ impl ConvTile {
                         sm,
                     });
                 }
+                let k_step = if tf32 { 8 } else { 16 };
                 if warps_m == 0
                     || warps_n == 0
                     || block_rows % (16 * warps_m) != 0
                     || block_cols % (8 * warps_n) != 0
-                    || depth % 8 != 0
+                    || depth % k_step != 0
                 {
-                    return Err(shape(
-                        "rows per warp must be a multiple of 16, channels per warp of 8, depth of 8",
-                    ));
+                    return Err(shape(if tf32 {
+                        "rows per warp must be a multiple of 16, channels per warp of 8, depth of 8"
+                    } else {
+                        "rows per warp must be a multiple of 16, channels per warp of 8, depth of 16"
+                    }));
                 }
             }
         }

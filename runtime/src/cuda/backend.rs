@@ -12,8 +12,8 @@ use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DeviceRepr, ValidAsZer
 use half::{bf16, f16};
 use rayon::prelude::*;
 use sparsegen_codegen::cuda::{
-    ConvKernel, ConvTile, EPILOGUE_THREADS, GatherKernels, SmVersion, conv_kernel, gather_kernels,
-    pack_weights,
+    ConvKernel, ConvTile, EPILOGUE_THREADS, GatherKernels, SmVersion, WeightLayout, conv_kernel,
+    gather_kernels, pack_weights,
 };
 use sparsegen_codegen::{DType, Geometry};
 
@@ -435,20 +435,9 @@ impl CudaBackend {
             return Err(too_large("output elements / 256", epilogue_blocks));
         }
         let pairs = self.pairs(rulebook)?;
-        let packed =
-            pack_weights(spec, kernels.weight_layout, layer.weight()).ok_or_else(|| {
-                CudaError::Shape {
-                    layer: name.to_string(),
-                    message: "the weights do not have the layer's shape".into(),
-                }
-            })?;
-        let x_host: Vec<S> = input.par_iter().map(|&v| encode(v)).collect();
-        let w_host: Vec<S> = packed.par_iter().map(|&v| encode(v)).collect();
-        let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
+        let Operands { x, w, bias } =
+            self.upload_operands(layer, kernels.weight_layout, input, encode)?;
         let pool = &self.pool;
-        let x = pool.upload(&x_host, "input features")?;
-        let w = pool.upload(&w_host, "weights")?;
-        let bias = pool.upload(&bias_host, "bias")?;
         let mut acc = pool.take::<f32>(n_out * cout, "f32 accumulator")?;
         let mut y = pool.take::<S>(n_out * cout, "output features")?;
         let stream = self.device.stream();
@@ -719,20 +708,9 @@ impl CudaBackend {
             spec.groups,
             name,
         )?;
-        let packed = pack_weights(spec, kernel.weight_layout, layer.weight()).ok_or_else(|| {
-            CudaError::Shape {
-                layer: name.to_string(),
-                message: "the weights do not have the layer's shape".into(),
-            }
-        })?;
-        let x_host: Vec<S> = input.par_iter().map(|&v| encode(v)).collect();
-        let w_host: Vec<S> = packed.par_iter().map(|&v| encode(v)).collect();
-        let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
-        let pool = &self.pool;
-        let x = pool.upload(&x_host, "input features")?;
-        let w = pool.upload(&w_host, "weights")?;
-        let bias = pool.upload(&bias_host, "bias")?;
-        let mut y = pool.take::<S>(n_out * cout, "output features")?;
+        let Operands { x, w, bias } =
+            self.upload_operands(layer, kernel.weight_layout, input, encode)?;
+        let mut y = self.pool.take::<S>(n_out * cout, "output features")?;
         let stream = self.device.stream();
         let timer = GpuTimer::start(stream)?;
         launch_conv(
@@ -772,6 +750,51 @@ impl CudaBackend {
                 .output),
         }
     }
+}
+
+/// A launch's inputs in the device pool: features and packed weights in the storage type,
+/// bias in f32.
+struct Operands<'p, S: DeviceRepr + 'static> {
+    x: PooledBuffer<'p, S>,
+    w: PooledBuffer<'p, S>,
+    bias: PooledBuffer<'p, f32>,
+}
+
+impl CudaBackend {
+    /// Encodes `input` and `layer`'s weights (packed for `layout`) with `encode` and uploads
+    /// them with the bias.
+    fn upload_operands<S: DeviceRepr + ValidAsZeroBits + Send + Sync + 'static>(
+        &self,
+        layer: &SparseConv,
+        layout: WeightLayout,
+        input: &[f32],
+        encode: fn(f32) -> S,
+    ) -> Result<Operands<'_, S>, CudaError> {
+        let packed = packed_weights(layer, layout)?;
+        let x_host: Vec<S> = input.par_iter().map(|&v| encode(v)).collect();
+        let w_host: Vec<S> = packed.par_iter().map(|&v| encode(v)).collect();
+        Ok(Operands {
+            x: self.pool.upload(&x_host, "input features")?,
+            w: self.pool.upload(&w_host, "weights")?,
+            bias: self.pool.upload(&bias_or_zero(layer), "bias")?,
+        })
+    }
+}
+
+/// `layer`'s weights packed for `layout` (f32).
+pub(crate) fn packed_weights(
+    layer: &SparseConv,
+    layout: WeightLayout,
+) -> Result<Vec<f32>, CudaError> {
+    pack_weights(layer.spec(), layout, layer.weight()).ok_or_else(|| CudaError::Shape {
+        layer: layer.name().to_string(),
+        message: "the weights do not have the layer's shape".into(),
+    })
+}
+
+/// `layer`'s bias, or a single zero where it has none (kernels take a buffer either way).
+pub(crate) fn bias_or_zero(layer: &SparseConv) -> Vec<f32> {
+    layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec)
 }
 
 /// The f16 bit pattern of `v` (round to nearest even): what f16 kernels read.

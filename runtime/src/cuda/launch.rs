@@ -45,6 +45,23 @@ pub const CONV_ARG_ORDER: [&str; 9] = [
     "n_out",
 ];
 
+/// A launch of `grid` blocks of `threads` threads, with static shared memory only.
+fn config(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The typed error of a failed `cuLaunchKernel`.
+pub(crate) fn launch_error(source: cudarc::driver::DriverError) -> CudaError {
+    CudaError::Driver {
+        call: "cuLaunchKernel",
+        source,
+    }
+}
+
 /// Launches `kernel` (loaded as `function`) on `stream` over `grid`.
 pub fn launch_conv<S>(
     stream: &CudaStream,
@@ -54,11 +71,7 @@ pub fn launch_conv<S>(
     mut args: ConvArgs<'_, S>,
 ) -> Result<(), CudaError> {
     debug_assert_eq!(CONV_ARG_ORDER.len(), CONV_PARAMS.len());
-    let cfg = LaunchConfig {
-        grid_dim: grid,
-        block_dim: (kernel.threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config(grid, kernel.threads);
     let mut launch = stream.launch_builder(function);
     launch
         .arg(&args.x)
@@ -75,10 +88,7 @@ pub fn launch_conv<S>(
     // the order); every buffer is a live device view of the element type the signature names
     // (`S` matches the kernel's dtype, chosen by the backend); the plan's arrays bound every
     // index the kernel reads (rows < n_out, offsets < K, input rows < N_in).
-    unsafe { launch.launch(cfg) }.map_err(|source| CudaError::Driver {
-        call: "cuLaunchKernel",
-        source,
-    })?;
+    unsafe { launch.launch(cfg) }.map_err(launch_error)?;
     Ok(())
 }
 
@@ -112,11 +122,7 @@ pub fn launch_gather<S>(
     grid: (u32, u32, u32),
     mut args: GatherArgs<'_, S>,
 ) -> Result<(), CudaError> {
-    let cfg = LaunchConfig {
-        grid_dim: grid,
-        block_dim: (kernels.threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config(grid, kernels.threads);
     let mut launch = stream.launch_builder(function);
     launch
         .arg(&args.x)
@@ -129,10 +135,7 @@ pub fn launch_gather<S>(
     // SAFETY: pushed in GATHER_PARAMS order with its types (checked by a test against
     // GATHER_ARG_ORDER); pair rows index rows of `x` and `acc` the rulebook produced; `k` is
     // below the kernel volume, so `w` is read inside its packed length.
-    unsafe { launch.launch(cfg) }.map_err(|source| CudaError::Driver {
-        call: "cuLaunchKernel",
-        source,
-    })?;
+    unsafe { launch.launch(cfg) }.map_err(launch_error)?;
     Ok(())
 }
 
@@ -159,11 +162,7 @@ pub fn launch_epilogue<S>(
     blocks: u32,
     mut args: EpilogueArgs<'_, S>,
 ) -> Result<(), CudaError> {
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (EPILOGUE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config((blocks, 1, 1), EPILOGUE_THREADS);
     let mut launch = stream.launch_builder(function);
     launch
         .arg(&args.acc)
@@ -172,10 +171,7 @@ pub fn launch_epilogue<S>(
         .arg(&args.n_out);
     // SAFETY: pushed in EPILOGUE_PARAMS order with its types; the kernel guards its index by
     // n_out · Cout, the length of `acc` and `y`.
-    unsafe { launch.launch(cfg) }.map_err(|source| CudaError::Driver {
-        call: "cuLaunchKernel",
-        source,
-    })?;
+    unsafe { launch.launch(cfg) }.map_err(launch_error)?;
     Ok(())
 }
 

@@ -18,14 +18,16 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use rayon::prelude::*;
-use sparsegen_codegen::cuda::{ConvKernel, ConvTile, WeightLayout, pack_weights};
+use sparsegen_codegen::cuda::{ConvKernel, ConvTile, WeightLayout};
 use sparsegen_codegen::{ConvKind, DType, Geometry};
 
 use crate::sparse_conv::SparseConv;
 use crate::tensor::SparseTensor;
 
 use super::autotune::{TuningKey, Variant, fastest, variants};
-use super::backend::{CudaBackend, bf16_bits, bf16_value, f16_bits, f16_value};
+use super::backend::{
+    CudaBackend, bf16_bits, bf16_value, bias_or_zero, f16_bits, f16_value, packed_weights,
+};
 use super::error::CudaError;
 use super::launch::{ConvArgs, launch_conv};
 use super::plan::conv_grid;
@@ -194,7 +196,7 @@ impl CudaBackend {
     /// Uploads `layer`'s bias now and its weights on first use (packed for the tile's layout,
     /// stored in the layer's dtype).
     pub fn prepare(&self, layer: &SparseConv) -> Result<DeviceConv, CudaError> {
-        let bias_host: Vec<f32> = layer.bias().map_or_else(|| vec![0.0], <[f32]>::to_vec);
+        let bias_host = bias_or_zero(layer);
         let bias = self
             .device()
             .stream()
@@ -516,15 +518,8 @@ impl CudaBackend {
         if let Some(w) = weights.get(&kernel.weight_layout) {
             return Ok(w.clone());
         }
-        let spec = conv.layer.spec();
-        let packed =
-            pack_weights(spec, kernel.weight_layout, conv.layer.weight()).ok_or_else(|| {
-                CudaError::Shape {
-                    layer: conv.layer.name().to_string(),
-                    message: "the weights do not have the layer's shape".into(),
-                }
-            })?;
-        let w = Arc::new(self.encode_upload(&packed, spec.dtype, "weights")?);
+        let packed = packed_weights(&conv.layer, kernel.weight_layout)?;
+        let w = Arc::new(self.encode_upload(&packed, conv.layer.spec().dtype, "weights")?);
         weights.insert(kernel.weight_layout, w.clone());
         Ok(w)
     }

@@ -25,6 +25,7 @@ use crate::tensor::CoordSet;
 
 use super::backend::CudaBackend;
 use super::error::CudaError;
+use super::launch::launch_error;
 use super::plan_cache::DeviceTiles;
 use super::tensor::DeviceCoords;
 
@@ -661,13 +662,6 @@ fn grid_blocks(blocks: usize) -> LaunchConfig {
 /// Whether `threads` fit one 1-D launch.
 fn grid_fits(threads: u64) -> bool {
     threads.div_ceil(u64::from(RULEBOOK_THREADS)) <= i32::MAX as u64
-}
-
-fn launch_error(source: cudarc::driver::DriverError) -> CudaError {
-    CudaError::Driver {
-        call: "cuLaunchKernel",
-        source,
-    }
 }
 
 #[cfg(test)]
