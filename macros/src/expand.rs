@@ -100,6 +100,15 @@ fn expand_layer(layer: &Layer) -> TokenStream {
                 #conv::new(Self::SPEC, weight, bias).map(|conv| Self { conv })
             }
 
+            /// The layer with weights exactly as spconv 2.3.8 stores them in a checkpoint
+            /// (see `SparseConv::from_spconv`: 1×1 layers' memory is read as spconv reads it).
+            pub fn from_spconv(
+                weight: ::std::vec::Vec<f32>,
+                bias: ::core::option::Option<::std::vec::Vec<f32>>,
+            ) -> ::sparsegen::runtime::Result<Self> {
+                #conv::from_spconv(Self::SPEC, weight, bias).map(|conv| Self { conv })
+            }
+
             /// Runs the layer on `engine`; channel counts are checked by the types.
             pub fn forward(
                 &self,

@@ -87,7 +87,8 @@ use proc_macro::TokenStream;
 /// For `pub Stem = subm3d(in: 4, out: 16)`: a `pub struct Stem` owning its weights (a
 /// `SparseConv`, spconv's KRSC layout `[Cout, K0.., Cin/groups]`) with
 /// - `Stem::SPEC: LayerSpec` (validated), `Stem::IN = 4`, `Stem::OUT = 16`;
-/// - `Stem::new()` (zero weights; also `Default`) and `Stem::from_weights(weight, bias)`;
+/// - `Stem::new()` (zero weights; also `Default`), `Stem::from_weights(weight, bias)` (KRSC)
+///   and `Stem::from_spconv(weight, bias)` (as a spconv 2.3.8 checkpoint stores them);
 /// - `stem.forward(&engine, &Features<4>) -> Result<Features<16>>`, so that feeding a layer
 ///   the output of one with other channels does not compile;
 /// - `sparsegen::typed::Layer`, `From<Stem> for SparseConv` and
