@@ -34,8 +34,8 @@ pub mod prelude {
     pub use sparsegen_runtime::cuda::{CudaBackend, CudaOptions};
     pub use sparsegen_runtime::io::voxelizer::Voxelizer;
     pub use sparsegen_runtime::{
-        Accumulate, ConvBackend, CoordSet, Engine, Error, ReferenceBackend, Rulebook,
-        RulebookCache, SparseConv, SparseTensor, TensorError,
+        Accumulate, ConvBackend, CoordSet, Engine, Error, Network, NetworkBuilder,
+        ReferenceBackend, Rulebook, RulebookCache, SparseConv, SparseTensor, TensorError,
     };
 
     pub use crate::typed::{Features, GpuFeatures, GpuLayer, Layer, TypedConv, TypedError};

@@ -258,7 +258,12 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         bound
     );
     let magnitude = magnitudes(&spec, &x, &weight, bias.as_deref(), None);
-    assert_close(y.features(), &want.features, &magnitude, &spec.kernel_name());
+    assert_close(
+        y.features(),
+        &want.features,
+        &magnitude,
+        &spec.kernel_name(),
+    );
     // Same geometry again: the cache answers, and the answer is the same.
     let again = conv.forward(&engine, &x).expect("forward");
     prop_assert_eq!(again.features(), y.features());

@@ -68,6 +68,22 @@ pub enum Error {
         /// The layer's kernel name.
         layer: String,
     },
+    /// A network description does not fit itself (channels, tags) or its weights.
+    #[error("network node {node}: {message}")]
+    Network {
+        /// The node's name (its checkpoint key, or a save tag).
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A network node failed; the source says how.
+    #[error("network node {node}: {source}")]
+    Node {
+        /// The node's label (its name and what was folded into it).
+        node: String,
+        /// The layer's error.
+        source: Box<Error>,
+    },
     /// A file could not be read.
     #[error("{}: {source}", path.display())]
     Io {

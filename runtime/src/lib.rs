@@ -5,7 +5,8 @@
 //! the engine that runs them ([`Engine`], [`ConvBackend`]), the reference executors
 //! ([`reference`](mod@reference), [`dense`]) that every backend is tested against, the
 //! Cranelift-JITed CPU backend ([`cpu::CpuBackend`]), the NVRTC-compiled CUDA backend
-//! ([`cuda::CudaBackend`]), and input reading ([`io`]). The runtime owns every side effect;
+//! ([`cuda::CudaBackend`]), networks with weights from spconv checkpoints ([`Network`]), and
+//! input reading ([`io`]). The runtime owns every side effect;
 //! the codegen crate stays pure.
 #![deny(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod io;
+pub mod network;
 pub mod radix_sort;
 pub mod reference;
 pub mod rulebook;
@@ -29,6 +31,7 @@ pub mod tensor;
 pub use coord_index::{CoordIndex, KeyPacking};
 pub use engine::{ConvBackend, Engine, ReferenceBackend};
 pub use error::{Error, Result, TensorError};
+pub use network::{Network, NetworkBuilder};
 pub use reference::Accumulate;
 pub use rulebook::Rulebook;
 pub use rulebook_cache::{CacheStats, RulebookCache};
