@@ -379,3 +379,26 @@ fn standalone_batch_norm_and_concat_order() {
     );
     assert!(Arc::ptr_eq(y.coord_set(), x.coord_set()));
 }
+
+/// The same backbone through the CUDA backend (the `Engine` route); skips without a GPU,
+/// fails without one when `SPARSEGEN_REQUIRE_GPU=1`.
+#[test]
+fn cuda_spconv_backbone_runs_as_in_spconv() {
+    let gpu = match CudaBackend::new(CudaOptions::default()) {
+        Ok(gpu) => gpu,
+        Err(e) if std::env::var("SPARSEGEN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("SPARSEGEN_REQUIRE_GPU=1 but: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping cuda_spconv_backbone_runs_as_in_spconv: {e}");
+            return;
+        }
+    };
+    let fx = fixture();
+    let net = backbone().load(&fx.checkpoint).unwrap();
+    let engine = Engine::with_backend(Arc::new(gpu));
+    let y = net.forward(&engine, &fx.input).unwrap();
+    assert_matches_spconv(&y, &fx, "cuda");
+    let again = net.forward(&engine, &fx.input).unwrap();
+    assert_eq!(y.features(), again.features(), "cuda: run to run");
+}
