@@ -273,34 +273,34 @@ impl Checkpoint {
     /// The floating-point tensor `name` with its shape; an error names the file and the key
     /// when it is missing or holds integers.
     pub fn float(&self, name: &str) -> Result<(&[usize], &[f32])> {
-        match self.tensors.get(name) {
-            Some(StoredTensor {
-                shape,
-                values: Values::Float(v),
-                ..
-            }) => Ok((shape, v)),
-            Some(t) => Err(self.error(format!(
-                "tensor {name} is {}, not a floating-point tensor",
-                t.dtype
-            ))),
-            None => Err(self.error(format!("no tensor {name}"))),
-        }
+        self.typed(name, "a floating-point", |v| match v {
+            Values::Float(v) => Some(v),
+            Values::Int(_) => None,
+        })
     }
 
     /// The integer tensor `name` with its shape.
     pub fn int(&self, name: &str) -> Result<(&[usize], &[i64])> {
-        match self.tensors.get(name) {
-            Some(StoredTensor {
-                shape,
-                values: Values::Int(v),
-                ..
-            }) => Ok((shape, v)),
-            Some(t) => Err(self.error(format!(
-                "tensor {name} is {}, not an integer tensor",
-                t.dtype
-            ))),
-            None => Err(self.error(format!("no tensor {name}"))),
-        }
+        self.typed(name, "an integer", |v| match v {
+            Values::Int(v) => Some(v),
+            Values::Float(_) => None,
+        })
+    }
+
+    fn typed<'a, T>(
+        &'a self,
+        name: &str,
+        kind: &str,
+        pick: impl Fn(&'a Values) -> Option<&'a Vec<T>>,
+    ) -> Result<(&'a [usize], &'a [T])> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.error(format!("no tensor {name}")))?;
+        let values = pick(&t.values).ok_or_else(|| {
+            self.error(format!("tensor {name} is {}, not {kind} tensor", t.dtype))
+        })?;
+        Ok((&t.shape, values))
     }
 
     /// Adds (or replaces) a tensor; stored as F32 or I64 by [`write`](Self::write). The
