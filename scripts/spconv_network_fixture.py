@@ -16,9 +16,16 @@ size are in the metadata.
 
     /tmp/spvenv/bin/pip install safetensors   # next to torch and spconv (CPU)
     /tmp/spvenv/bin/python scripts/spconv_network_fixture.py
+    /tmp/spvenv/bin/python scripts/spconv_network_fixture.py --time 21 [--threads 2]
+
+With `--time N` it writes nothing and prints spconv's median time of N forward calls on a
+fresh tensor each (so the index pairs are built each time, as in a deployed forward), to
+set beside `cargo run --release --example spconv_model`.
 """
 
+import argparse
 import os
+import time
 
 import numpy as np
 import torch
@@ -79,8 +86,12 @@ def scan(rng, batch):
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--time", type=int, default=0, help="time N calls, write nothing")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     model = Backbone()
     for m in model.modules():
@@ -101,6 +112,20 @@ def main():
     )
     with torch.no_grad():
         out = model(x)
+        if args.time:
+            times = []
+            for _ in range(args.time):
+                fresh = spconv.SparseConvTensor(
+                    torch.from_numpy(features), torch.from_numpy(coords), SHAPE, BATCH
+                )
+                t = time.perf_counter()
+                model(fresh)
+                times.append((time.perf_counter() - t) * 1e3)
+            times.sort()
+            print(f"spconv {getattr(spconv, '__version__', '2.x')} cpu, {args.threads} thread(s): "
+                  f"median {times[len(times) // 2]:.2f} ms over {args.time} calls "
+                  f"(min {times[0]:.2f}), {len(coords)} sites")
+            return
 
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors["io.coords"] = torch.from_numpy(coords)
