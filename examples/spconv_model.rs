@@ -5,7 +5,11 @@
 //!
 //! ```text
 //! cargo run --release --example spconv_model [-- path/to/checkpoint.safetensors]
+//! cargo run --release --example spconv_model -- --scan scan.bin --export-input in.safetensors
 //! ```
+//! The second form voxelizes a KITTI scan and writes it as `io.*` tensors, for
+//! `scripts/spconv_network_fixture.py --input in.safetensors --out ckpt.safetensors --time 21`
+//! to run spconv on (and time it); the first form then checks and times this side.
 //! The default checkpoint is `tests/fixtures/spconv_backbone.safetensors`, written by
 //! `scripts/spconv_network_fixture.py` (a small backbone with a residual block, a strided
 //! conv, a dilated conv, an inverse conv, a U-Net concatenation and a 1×1 head). Another
@@ -15,11 +19,36 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sparsegen::prelude::*;
-use sparsegen::runtime::io::safetensors::Checkpoint;
+use sparsegen::runtime::io::point_cloud::read_kitti_bin;
+use sparsegen::runtime::io::safetensors::{Checkpoint, Values};
 
 #[path = "../tests/fixtures/spconv_backbone.rs"]
 mod fixture;
 use fixture::backbone;
+
+/// Voxelizes a KITTI scan (SECOND's grid) and writes it as the model's `io.*` input.
+fn export_input(scan: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let x = Voxelizer::KITTI.voxelize(&read_kitti_bin(scan)?)?;
+    let mut file = Checkpoint::new();
+    let coords = x.coords().iter().map(|&c| i64::from(c)).collect();
+    file.insert("io.coords", vec![x.len(), 4], Values::Int(coords))?;
+    let features = x.features().to_vec();
+    file.insert(
+        "io.features",
+        vec![x.len(), x.channels()],
+        Values::Float(features),
+    )?;
+    let shape = x.spatial_shape().iter().map(u32::to_string);
+    file.set_metadata("spatial_shape", shape.collect::<Vec<_>>().join(","));
+    file.set_metadata("batch_size", x.batch_size().to_string());
+    file.write(out)?;
+    println!(
+        "{out}: {} sites × {} channels from {scan}",
+        x.len(),
+        x.channels()
+    );
+    Ok(())
+}
 
 /// Timed calls after the first.
 const REPEATS: usize = 21;
@@ -34,7 +63,14 @@ fn relative_error(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, scan, export, out] = &args[..]
+        && flag == "--scan"
+        && export == "--export-input"
+    {
+        return export_input(scan, out);
+    }
+    let path = args.first().cloned().unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/spconv_backbone.safetensors"

@@ -18,9 +18,12 @@ size are in the metadata.
     /tmp/spvenv/bin/python scripts/spconv_network_fixture.py
     /tmp/spvenv/bin/python scripts/spconv_network_fixture.py --time 21 [--threads 2]
 
-With `--time N` it writes nothing and prints spconv's median time of N forward calls on a
-fresh tensor each (so the index pairs are built each time, as in a deployed forward), to
-set beside `cargo run --release --example spconv_model`.
+With `--time N` it also prints spconv's median time of N forward calls on a fresh tensor
+each (so the index pairs are built each time, as in a deployed forward), to set beside
+`cargo run --release --example spconv_model`. With `--input FILE` (a safetensors file with
+`io.coords`, `io.features` and the metadata, as `spconv_model --export-input` writes from
+a real scan) it runs the same model on that input instead of the synthetic one; `--out`
+names the file to write (default: the test fixture).
 """
 
 import argparse
@@ -29,7 +32,9 @@ import time
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
+import spconv as spconv_package
 import spconv.pytorch as spconv
 from torch import nn
 
@@ -87,8 +92,11 @@ def scan(rng, batch):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--time", type=int, default=0, help="time N calls, write nothing")
+    ap.add_argument("--time", type=int, default=0, help="also time N forward calls")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--input", help="io.coords / io.features / metadata to run on")
+    ap.add_argument("--out", default=os.path.join(
+        os.path.dirname(__file__), "..", "tests", "fixtures", "spconv_backbone.safetensors"))
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -104,11 +112,19 @@ def main():
             m.num_batches_tracked.fill_(1000)
     model.eval()
 
+    shape, batch = SHAPE, BATCH
     coords = np.array(scan(rng, 0) + scan(rng, 1), dtype=np.int32)
     rng.shuffle(coords)  # row order is the user's, not sorted
     features = rng.uniform(-1, 1, (len(coords), 4)).astype(np.float32)
+    if args.input:
+        with safe_open(args.input, "np") as f:
+            meta = f.metadata()
+            coords = f.get_tensor("io.coords").astype(np.int32)
+            features = f.get_tensor("io.features").astype(np.float32)
+        shape = [int(v) for v in meta["spatial_shape"].split(",")]
+        batch = int(meta["batch_size"])
     x = spconv.SparseConvTensor(
-        torch.from_numpy(features), torch.from_numpy(coords), SHAPE, BATCH
+        torch.from_numpy(features), torch.from_numpy(coords), shape, batch
     )
     with torch.no_grad():
         out = model(x)
@@ -116,16 +132,15 @@ def main():
             times = []
             for _ in range(args.time):
                 fresh = spconv.SparseConvTensor(
-                    torch.from_numpy(features), torch.from_numpy(coords), SHAPE, BATCH
+                    torch.from_numpy(features), torch.from_numpy(coords), shape, batch
                 )
                 t = time.perf_counter()
                 model(fresh)
                 times.append((time.perf_counter() - t) * 1e3)
             times.sort()
-            print(f"spconv {getattr(spconv, '__version__', '2.x')} cpu, {args.threads} thread(s): "
+            print(f"spconv {spconv_package.__version__} cpu, {args.threads} thread(s): "
                   f"median {times[len(times) // 2]:.2f} ms over {args.time} calls "
                   f"(min {times[0]:.2f}), {len(coords)} sites")
-            return
 
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors["io.coords"] = torch.from_numpy(coords)
@@ -133,15 +148,15 @@ def main():
     tensors["io.output_coords"] = out.indices.to(torch.int32).clone()
     tensors["io.output"] = out.features.clone()
     meta = {
-        "spatial_shape": ",".join(map(str, SHAPE)),
-        "batch_size": str(BATCH),
+        "spatial_shape": ",".join(map(str, shape)),
+        "batch_size": str(batch),
         "made_by": "scripts/spconv_network_fixture.py, spconv "
-        + getattr(spconv, "__version__", "2.x")
+        + spconv_package.__version__
         + ", torch "
         + torch.__version__,
     }
-    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "spconv_backbone.safetensors")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = args.out
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(tensors, path, metadata=meta)
     print(f"{path}: {len(coords)} input sites, output {tuple(out.features.shape)}, "
           f"max |out| {out.features.abs().max():.4f}, {os.path.getsize(path)} bytes")
