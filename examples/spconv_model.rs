@@ -50,6 +50,17 @@ fn export_input(scan: &str, out: &str) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+/// FNV-1a over the output's bits: equal digests across runs and thread counts show the
+/// result is bitwise repeatable.
+fn digest(values: &[f32]) -> u64 {
+    values
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// Timed calls after the first.
 const REPEATS: usize = 21;
 
@@ -131,10 +142,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{name}: {} sites × {} channels, first call {first_ms:.1} ms (kernels compiled), \
              then median {:.2} ms over {REPEATS} calls (rulebooks included); \
-             max |ours − spconv| / max |spconv| = {err:.1e}",
+             max |ours − spconv| / max |spconv| = {err:.1e}; output bits digest {:016x}",
             y.len(),
             y.channels(),
-            times[REPEATS / 2]
+            times[REPEATS / 2],
+            digest(y.features())
         );
         if first.features() != y.features() {
             return Err(format!("{name}: two calls differ").into());
