@@ -82,11 +82,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return export_input(scan, out);
     }
     let path = args.first().cloned().unwrap_or_else(|| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/spconv_backbone.safetensors"
-        )
-        .into()
+        // Where it was built, or (an example binary staged to a GPU machine) under the
+        // repository root it runs in.
+        let relative = "tests/fixtures/spconv_backbone.safetensors";
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+        let path = if built.is_file() {
+            built
+        } else {
+            relative.into()
+        };
+        path.display().to_string()
     });
     let checkpoint = Checkpoint::read(&path)?;
     let t = Instant::now();

@@ -22,10 +22,17 @@ fn backbone() -> NetworkBuilder {
     spconv_backbone::backbone().unwrap()
 }
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/spconv_backbone.safetensors"
-);
+/// The fixture, where this test was built or, for a test binary staged to another machine
+/// (`scripts/gpu/stage.sh`), under the repository root it runs in.
+fn fixture_path() -> std::path::PathBuf {
+    let relative = "tests/fixtures/spconv_backbone.safetensors";
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if built.is_file() {
+        built
+    } else {
+        relative.into()
+    }
+}
 
 struct Fixture {
     checkpoint: Checkpoint,
@@ -35,7 +42,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let checkpoint = Checkpoint::read(FIXTURE).unwrap();
+    let checkpoint = Checkpoint::read(fixture_path()).unwrap();
     let meta = checkpoint.metadata();
     let shape: Vec<u32> = meta["spatial_shape"]
         .split(',')

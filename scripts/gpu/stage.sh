@@ -12,7 +12,7 @@
 #   TESTS_DIR  tests.sh, MANIFEST.txt, payload.tar.xz = bin/test-* (the test binaries whose
 #              tests touch CUDA: facade tests with cuda/nvrtc tests but cuda_emulated, and the
 #              runtime's unit tests, run with filter `cuda::`), bin/tests.txt (name, filter),
-#              bin/demo, bin/conformance, conformance/ (../shared/conformance),
+#              bin/demo, bin/conformance, bin/spconv_model, conformance/ (../shared/conformance),
 #              kitti/000000.bin (../shared/data/kitti, for the demo)
 #              → carried alone:            carry [".gpu-stage"]
 #   BENCH_DIR  bench.sh, compare_gpu.py, MANIFEST.txt, spconv/ (copies of ../shared/bench's
@@ -98,7 +98,7 @@ done <"$tmp/test_exes.txt"
 sort -t$'\t' -k1,1 "$tmp/t/bin/tests.txt" | awk -F'\t' '
   { r = ($1 == "cuda_conv") ? 0 : ($1 == "cuda_nvrtc") ? 3 : ($1 == "sparsegen_runtime") ? 2 : 1; print r "\t" $0 }' |
   sort -s -t$'\t' -k1,1n | cut -f2- >"$tmp/t/bin/tests.sorted" && mv "$tmp/t/bin/tests.sorted" "$tmp/t/bin/tests.txt"
-for ex in demo conformance; do
+for ex in demo conformance spconv_model; do
   strip --strip-debug -o "$tmp/t/bin/$ex" "$TARGET/release/examples/$ex"
 done
 mkdir -p "$tmp/t/kitti"
@@ -118,7 +118,7 @@ cp scripts/gpu/tests.sh "$TESTS_DIR/"
 {
   manifest tests
   printf '%s' "$manifest_tests"
-  echo "  demo, conformance examples; conformance dumps: $(cd "$SHARED/conformance" && echo *)"
+  echo "  demo, conformance, spconv_model examples; conformance dumps: $(cd "$SHARED/conformance" && echo *)"
 } >"$TESTS_DIR/MANIFEST.txt"
 
 # 3. bench kit: the bench example, the staged workloads (cached by workloads.py's hash)

@@ -157,6 +157,12 @@ if [[ -x $BIN/conformance ]]; then
     "$BIN/conformance" --device "$conf_dev" "$WORK/conformance"
 fi
 
+# the spconv backbone from its checkpoint (tests/fixtures, read from the repository root this
+# runs in), on the CPU and, when usable, on CUDA, each checked against spconv's output
+if [[ -x $BIN/spconv_model ]]; then
+  run_step "spconv_model example" "$EX_TIMEOUT_S" "$LOG" "$BIN/spconv_model"
+fi
+
 # 4. compute-sanitizer over a subset of cuda_conv (kernels launched under memcheck / racecheck)
 RESERVE=10
 if [[ $SKIP_SANITIZER == 1 ]]; then
