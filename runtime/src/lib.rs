@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod io;
+pub mod models;
 pub mod network;
 pub mod radix_sort;
 pub mod reference;

@@ -411,6 +411,17 @@ impl Network {
     /// the same geometry on the same sites, and each inverse convolution finds its strided
     /// partner there).
     pub fn forward(&self, engine: &Engine, input: &SparseTensor) -> Result<SparseTensor> {
+        self.forward_all(engine, input).map(|(y, _)| y)
+    }
+
+    /// Like [`forward`](Self::forward), and also returns every tensor the network saved,
+    /// by tag (the multi-scale features a detector's heads read, e.g. `x_conv1`..`x_conv4`
+    /// of [`models::voxel_backbone_8x`](crate::models::voxel_backbone_8x)).
+    pub fn forward_all(
+        &self,
+        engine: &Engine,
+        input: &SparseTensor,
+    ) -> Result<(SparseTensor, HashMap<String, SparseTensor>)> {
         if input.channels() != self.in_channels {
             return Err(Error::Channels {
                 layer: "network input".into(),
@@ -419,7 +430,7 @@ impl Network {
             });
         }
         let mut x: Cow<'_, SparseTensor> = Cow::Borrowed(input);
-        let mut saved: HashMap<&str, SparseTensor> = HashMap::new();
+        let mut saved: HashMap<String, SparseTensor> = HashMap::new();
         for step in &self.steps {
             x = Cow::Owned(match step {
                 Step::Conv { label, conv } => {
@@ -430,7 +441,7 @@ impl Network {
                 }
                 Step::Activation(a) => map_features(x.into_owned(), |f, _| a.apply(f))?,
                 Step::Save(tag) => {
-                    saved.insert(tag, x.as_ref().clone());
+                    saved.insert(tag.clone(), x.as_ref().clone());
                     continue;
                 }
                 Step::Add(tag) => {
@@ -462,7 +473,7 @@ impl Network {
                 }
             });
         }
-        Ok(x.into_owned())
+        Ok((x.into_owned(), saved))
     }
 }
 
