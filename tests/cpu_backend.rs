@@ -429,3 +429,64 @@ fn backend_scalar(layer: &SparseConv, rulebook: &Rulebook, input: &[f32]) -> Vec
         .conv(layer, rulebook, input)
         .unwrap()
 }
+
+/// The autotuner's choices persist in a tuning file: a second backend (a new process, in
+/// effect) reads the choice instead of timing, gets the same bits, and a stale or foreign
+/// line is ignored.
+#[test]
+fn tuning_choices_persist_across_backends() {
+    let dir = std::env::temp_dir().join(format!("sparsegen-cpu-tune-{}", std::process::id()));
+    let path = dir.join("autotune.tsv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = LayerSpec::builder(ConvKind::Submanifold, 3)
+        .channels(16, 32)
+        .build()
+        .unwrap();
+    let mut rng = Rng(11);
+    let shape = [16, 16, 16];
+    let set = Arc::new(CoordSet::new(random_coords(&mut rng, 800, &shape, 1), &shape, 1).unwrap());
+    let rulebook = RulebookCache::new()
+        .get_or_build(&set, &spec.geometry(), "t")
+        .unwrap();
+    let input = rng.floats(rulebook.n_in() * 16);
+    let layer = SparseConv::new(spec, rng.floats(spec.weight_len()), None).unwrap();
+    let tuned = |file: &std::path::Path| {
+        let cpu = backend(StrategyChoice::Auto)
+            .with_tuning_file(file)
+            .unwrap();
+        let out = cpu.conv(&layer, &rulebook, &input).unwrap();
+        let record = cpu.tuning().into_iter().next().expect("one decision");
+        (bits(&out), record)
+    };
+    let (first, timed) = tuned(&path);
+    assert!(!timed.from_file && timed.timings_ms.len() > 1, "{timed:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "{text}"
+    );
+    let (second, read) = tuned(&path);
+    assert!(read.from_file && read.timings_ms.is_empty(), "{read:?}");
+    assert_eq!(read.chosen, timed.chosen);
+    assert_eq!(first, second);
+    // A label that is no candidate (an older version's, say) is timed again.
+    let stale: String = text
+        .lines()
+        .map(|l| match l.split_once('\t') {
+            Some((k, _)) => format!("{k}\tdirect_v99\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&path, stale).unwrap();
+    let (third, retimed) = tuned(&path);
+    assert!(!retimed.from_file, "{retimed:?}");
+    assert_eq!(first, third);
+    // A file that cannot be read is an error naming it.
+    let e = backend(StrategyChoice::Auto)
+        .with_tuning_file(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sparsegen-cpu-tune"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

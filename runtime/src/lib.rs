@@ -39,3 +39,13 @@ pub use rulebook_cache::{CacheStats, RulebookCache};
 pub use sparse_conv::SparseConv;
 pub use sparsegen_codegen as codegen;
 pub use tensor::{CoordSet, CoordSetId, SparseTensor};
+
+/// sparsegen's cache folder: `$XDG_CACHE_HOME/sparsegen`, else `$HOME/.cache/sparsegen`
+/// (CUDA kernels and tuning under `cuda/`, CPU tuning under `cpu/`).
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sparsegen"))
+}

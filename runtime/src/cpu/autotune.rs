@@ -5,7 +5,14 @@
 //! with 5 neighbours per site and a wide room layer with 12 want different kernels. The
 //! backend times every candidate once per shape on a sample of the real rows and remembers
 //! the winner; the choice never changes results (all variants are bitwise identical).
+//!
+//! With a tuning file ([`Autotuner::with_file`], `CpuBackend::with_tuning_file`) the
+//! winners also persist, keyed by the host's ISA and GEMM micro-kernel as well, so a new
+//! process on the same machine skips the timing runs. The file is a cache: unreadable lines
+//! and choices no longer among the candidates are ignored, and the layer is timed again.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use hashbrown::HashMap;
@@ -73,18 +80,82 @@ pub struct TuneRecord {
     pub timings_ms: Vec<(String, f64)>,
     /// The winner.
     pub chosen: Variant,
+    /// Whether the choice was read from the tuning file (no timings this run).
+    pub from_file: bool,
 }
 
 /// Remembered decisions.
 #[derive(Debug, Default)]
 pub struct Autotuner {
     decisions: Mutex<HashMap<TuneKey, TuneRecord>>,
+    file: Option<TuningFile>,
+}
+
+/// Decisions persisted as `<host> <layer> d<density×2>\t<variant label>` lines.
+#[derive(Debug)]
+struct TuningFile {
+    path: PathBuf,
+    /// What the host's choices are keyed by: ISA and GEMM micro-kernel.
+    host: String,
+    stored: Mutex<BTreeMap<String, String>>,
+}
+
+const HEADER: &str =
+    "# sparsegen CPU autotuning choices v1: <processor>/<gemm> <layer> d<density x2>\t<variant>";
+
+impl TuningFile {
+    fn key(&self, key: &TuneKey) -> String {
+        format!(
+            "{} {} d{}",
+            self.host,
+            key.spec.kernel_name(),
+            key.density_half
+        )
+    }
 }
 
 impl Autotuner {
     /// An empty tuner.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tuner that also reads and writes its choices at `path`, for a host described by
+    /// `host` (ISA and GEMM micro-kernel: choices do not carry over to another machine). A
+    /// missing file is an empty table; one that cannot be read is an I/O error.
+    pub fn with_file(path: &Path, host: &str) -> std::io::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let stored = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Autotuner {
+            decisions: Mutex::default(),
+            file: Some(TuningFile {
+                path: path.to_path_buf(),
+                host: host.replace(char::is_whitespace, "_"),
+                stored: Mutex::new(stored),
+            }),
+        })
+    }
+
+    /// The tuning file, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
+    }
+
+    /// The choice the tuning file holds for `key`, if it is one of `candidates`.
+    pub fn stored(&self, key: &TuneKey, candidates: &[Variant]) -> Option<Variant> {
+        let file = self.file.as_ref()?;
+        let stored = file.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        let label = stored.get(&file.key(key))?;
+        candidates.iter().find(|v| &v.label() == label).copied()
     }
 
     /// The remembered decision for `key`.
@@ -96,12 +167,33 @@ impl Autotuner {
             .map(|r| r.chosen)
     }
 
-    /// Remembers a decision.
-    pub fn insert(&self, key: TuneKey, record: TuneRecord) {
+    /// Remembers a decision; a timed one is also written to the tuning file, if any (a
+    /// failure to write is returned, the decision is remembered regardless).
+    pub fn insert(&self, key: TuneKey, record: TuneRecord) -> std::io::Result<()> {
+        let label = record.chosen.label();
+        let timed = !record.from_file;
         self.decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, record);
+        let Some(file) = self.file.as_ref().filter(|_| timed) else {
+            return Ok(());
+        };
+        let mut stored = file.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        stored.insert(file.key(&key), label);
+        let mut text = format!("{HEADER}\n");
+        for (k, v) in stored.iter() {
+            text.push_str(&format!("{k}\t{v}\n"));
+        }
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Written aside and renamed, so a reader never sees half a file.
+        let tmp = file
+            .path
+            .with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &file.path)
     }
 
     /// Every decision made so far.

@@ -156,6 +156,47 @@ impl CpuBackend {
         &self.kernels
     }
 
+    /// The same backend with its autotuner's choices persisted at `path` (read now,
+    /// rewritten after each new timing), so that a new process on this machine skips the
+    /// timing runs of the shapes it has seen. [`default_tuning_file`](Self::default_tuning_file)
+    /// is the usual place.
+    pub fn with_tuning_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        // Choices depend on the processor and the GEMM micro-kernel in use.
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, m)| m.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let host = format!("{model}/{}", self.callee.1);
+        self.tuner = Autotuner::with_file(path, &host).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        Ok(self)
+    }
+
+    /// `<cache>/cpu/autotune.tsv` under [`cache_dir`](crate::cache_dir), if there is one.
+    pub fn default_tuning_file() -> Option<std::path::PathBuf> {
+        crate::cache_dir().map(|d| d.join("cpu").join("autotune.tsv"))
+    }
+
+    fn file_error(&self, e: &std::io::Error) -> Error {
+        Error::Backend {
+            backend: "cpu",
+            message: format!(
+                "cannot write the tuning file {}: {e}",
+                self.tuner
+                    .file()
+                    .map_or("?".into(), |p| p.display().to_string())
+            ),
+        }
+    }
+
     /// The autotuner's decisions.
     pub fn tuning(&self) -> Vec<TuneRecord> {
         self.tuner.records()
@@ -297,6 +338,20 @@ impl CpuBackend {
         if let Some(v) = self.tuner.get(&key) {
             return Ok(v);
         }
+        if let Some(v) = self.tuner.stored(&key, &candidates) {
+            let record = TuneRecord {
+                layer: spec.kernel_name(),
+                density: f64::from(key.density_half) / 2.0,
+                sample_rows: 0,
+                timings_ms: Vec::new(),
+                chosen: v,
+                from_file: true,
+            };
+            self.tuner
+                .insert(key, record)
+                .map_err(|e| self.file_error(&e))?;
+            return Ok(v);
+        }
         // A miss: copy the sample into one table and time every candidate on it.
         let sample_nbr = sample_blocks.concat();
         let sample_rows = per_block * blocks;
@@ -323,16 +378,19 @@ impl CpuBackend {
             }
         }
         let pairs = sample.nbr.iter().filter(|&&i| i >= 0).count();
-        self.tuner.insert(
-            key,
-            TuneRecord {
-                layer: spec.kernel_name(),
-                density: pairs as f64 / sample_rows.max(1) as f64,
-                sample_rows,
-                timings_ms: timings,
-                chosen: best.1,
-            },
-        );
+        self.tuner
+            .insert(
+                key,
+                TuneRecord {
+                    layer: spec.kernel_name(),
+                    density: pairs as f64 / sample_rows.max(1) as f64,
+                    sample_rows,
+                    timings_ms: timings,
+                    chosen: best.1,
+                    from_file: false,
+                },
+            )
+            .map_err(|e| self.file_error(&e))?;
         Ok(best.1)
     }
 }

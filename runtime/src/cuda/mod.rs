@@ -106,9 +106,5 @@ impl Default for CudaOptions {
 
 /// The default kernel cache folder (see [`CudaOptions::cache_dir`]).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("sparsegen").join("cuda"))
+    crate::cache_dir().map(|d| d.join("cuda"))
 }
