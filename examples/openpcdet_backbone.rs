@@ -22,19 +22,6 @@ use sparsegen::runtime::models;
 /// Timed calls after the first.
 const REPEATS: usize = 11;
 
-/// The CPU backend, its autotuning choices kept in sparsegen's cache folder: a second run
-/// skips the timing runs (its first call then only JIT-compiles).
-fn cpu_backend() -> Result<CpuBackend, Box<dyn std::error::Error>> {
-    let cpu = CpuBackend::new();
-    Ok(match CpuBackend::default_tuning_file() {
-        Some(file) => {
-            println!("cpu tuning file: {}", file.display());
-            cpu.with_tuning_file(file)?
-        }
-        None => cpu,
-    })
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [ckpt, io] = &args[..] else {
@@ -51,7 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = SparseTensor::new(coords, features.to_vec(), fshape[1], &shape, batch)?;
     println!("input: {} sites on {shape:?}", x.len());
 
-    let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> = vec![("cpu", Arc::new(cpu_backend()?))];
+    let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> =
+        vec![("cpu", Arc::new(CpuBackend::persistent()?))];
     match CudaBackend::new(CudaOptions::default()) {
         Ok(gpu) => backends.push(("cuda", Arc::new(gpu))),
         Err(e) => println!("no usable GPU ({e}): CPU only"),

@@ -73,19 +73,6 @@ fn relative_error(got: &[f32], want: &[f32]) -> f64 {
     worst / scale.max(f64::MIN_POSITIVE)
 }
 
-/// The CPU backend, its autotuning choices kept in sparsegen's cache folder: a second run
-/// skips the timing runs (its first call then only JIT-compiles).
-fn cpu_backend() -> Result<CpuBackend, Box<dyn std::error::Error>> {
-    let cpu = CpuBackend::new();
-    Ok(match CpuBackend::default_tuning_file() {
-        Some(file) => {
-            println!("cpu tuning file: {}", file.display());
-            cpu.with_tuning_file(file)?
-        }
-        None => cpu,
-    })
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, scan, export, out] = &args[..]
@@ -136,7 +123,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = SparseTensor::new(coords, features.to_vec(), fshape[1], &shape, batch)?;
     let want = checkpoint.float("io.output")?.1;
 
-    let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> = vec![("cpu", Arc::new(cpu_backend()?))];
+    let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> =
+        vec![("cpu", Arc::new(CpuBackend::persistent()?))];
     match CudaBackend::new(CudaOptions::default()) {
         Ok(gpu) => backends.push(("cuda", Arc::new(gpu))),
         Err(e) => println!("no usable GPU ({e}): CPU only"),

@@ -180,6 +180,16 @@ impl CpuBackend {
         Ok(self)
     }
 
+    /// A backend with default options whose autotuning choices persist in
+    /// [`default_tuning_file`](Self::default_tuning_file) (in memory only when there is no
+    /// cache folder): what a deployed program wants, so that its later runs skip the timing.
+    pub fn persistent() -> Result<Self> {
+        match Self::default_tuning_file() {
+            Some(file) => Self::new().with_tuning_file(file),
+            None => Ok(Self::new()),
+        }
+    }
+
     /// `<cache>/cpu/autotune.tsv` under [`cache_dir`](crate::cache_dir), if there is one.
     pub fn default_tuning_file() -> Option<std::path::PathBuf> {
         crate::cache_dir().map(|d| d.join("cpu").join("autotune.tsv"))
