@@ -409,3 +409,69 @@ fn cuda_spconv_backbone_runs_as_in_spconv() {
     let again = net.forward(&engine, &fx.input).unwrap();
     assert_eq!(y.features(), again.features(), "cuda: run to run");
 }
+
+/// Sparse max pooling as spconv 2.3.8 computes it (`scripts/spconv_maxpool_fixture.py`):
+/// the strided output sites, and per channel the maximum of the inputs and 0.
+#[test]
+fn max_pool_matches_spconv_including_its_zero_floor() {
+    let relative = "tests/fixtures/spconv_maxpool.safetensors";
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let fx = Checkpoint::read(if built.is_file() {
+        built
+    } else {
+        relative.into()
+    })
+    .unwrap();
+    let shape: Vec<u32> = fx.metadata()["spatial_shape"]
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let ints = |k: &str| -> Vec<i32> {
+        fx.int(k)
+            .unwrap()
+            .1
+            .iter()
+            .map(|&c| i32::try_from(c).unwrap())
+            .collect()
+    };
+    let (_, features) = fx.float("io.features").unwrap();
+    let x = SparseTensor::new(ints("io.coords"), features.to_vec(), 5, &shape, 2).unwrap();
+    let cases: Vec<(Extent, Extent, Extent)> = vec![
+        (3.into(), 2.into(), 1.into()),
+        (2.into(), 2.into(), 0.into()),
+        (
+            vec![3, 1, 3].into(),
+            vec![2, 1, 2].into(),
+            vec![1, 0, 0].into(),
+        ),
+    ];
+    let sorted = |coords: &[i32], features: &[f32]| {
+        let mut rows: Vec<(Vec<i32>, Vec<f32>)> = coords
+            .chunks_exact(4)
+            .map(<[i32]>::to_vec)
+            .zip(features.chunks_exact(5).map(<[f32]>::to_vec))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    };
+    for (n, (kernel, stride, padding)) in cases.into_iter().enumerate() {
+        let net = NetworkBuilder::new(5)
+            .max_pool(3, kernel, stride, padding)
+            .load(&Checkpoint::new())
+            .unwrap();
+        let y = net.forward(&Engine::reference(), &x).unwrap();
+        let want_coords = ints(&format!("case{n}.output_coords"));
+        let want = fx.float(&format!("case{n}.output")).unwrap().1;
+        assert!(
+            want.contains(&0.0),
+            "case {n}: the fixture has windows that pool to the zero floor"
+        );
+        // spconv's strided rows follow its hash table; ours are sorted. Max is exact.
+        assert_eq!(
+            sorted(y.coords(), y.features()),
+            sorted(&want_coords, want),
+            "case {n}"
+        );
+        assert_eq!(y.tensor_stride()[0], 2, "case {n}: tensor stride");
+    }
+}

@@ -10,6 +10,7 @@
 //! - a batch norm directly after a convolution is folded into its weights and bias (in
 //!   f64, then rounded once), so inference pays nothing for it;
 //! - an activation directly after that is fused into the convolution's epilogue;
+//! - sparse max pooling ([`NetworkBuilder::max_pool`]) follows spconv, zero floor included;
 //! - loading is strict, like PyTorch's `load_state_dict(strict=True)`: a missing key, a
 //!   shape that is not spconv 2.x's `[Cout, K.., Cin/groups]`, or a checkpoint key under
 //!   the builder's prefix that no node reads (other than `num_batches_tracked`) is an error
@@ -43,7 +44,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use sparsegen_codegen::{Activation, LayerSpec};
+use rayon::prelude::*;
+use sparsegen_codegen::{Activation, ConvKind, Extent, LayerSpec};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -54,12 +56,27 @@ use crate::tensor::SparseTensor;
 /// One node of a network description.
 #[derive(Debug, Clone)]
 enum Node {
-    Conv { name: String, spec: LayerSpec },
-    BatchNorm { name: String, eps: f32 },
+    Conv {
+        name: String,
+        spec: LayerSpec,
+    },
+    BatchNorm {
+        name: String,
+        eps: f32,
+    },
     Activation(Activation),
     Save(String),
     Add(String),
-    Concat { tag: String, saved_first: bool },
+    Concat {
+        tag: String,
+        saved_first: bool,
+    },
+    MaxPool {
+        dims: usize,
+        kernel: Extent,
+        stride: Extent,
+        padding: Extent,
+    },
 }
 
 /// A network description: nodes in execution order, named by their checkpoint keys.
@@ -148,6 +165,26 @@ impl NetworkBuilder {
         self.nodes.push(Node::Concat {
             tag: tag.into(),
             saved_first: true,
+        });
+        self
+    }
+
+    /// spconv's `SparseMaxPool{dims}d(kernel, stride, padding)`: the output sites of a
+    /// strided conv of that geometry, each channel the maximum over the site's inputs and
+    /// **zero**, as spconv computes it (its pooled features start at 0, so an all-negative
+    /// window gives 0, not its maximum; after a ReLU the two agree).
+    pub fn max_pool(
+        mut self,
+        dims: usize,
+        kernel: impl Into<Extent>,
+        stride: impl Into<Extent>,
+        padding: impl Into<Extent>,
+    ) -> Self {
+        self.nodes.push(Node::MaxPool {
+            dims,
+            kernel: kernel.into(),
+            stride: stride.into(),
+            padding: padding.into(),
         });
         self
     }
@@ -247,6 +284,22 @@ impl NetworkBuilder {
                         ));
                     }
                     steps.push(Step::Add(tag.clone()));
+                }
+                Node::MaxPool {
+                    dims,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let c = u32::try_from(channels).unwrap_or(u32::MAX);
+                    let spec = LayerSpec::builder(ConvKind::Strided, *dims)
+                        .channels(c, c)
+                        .kernel(kernel.clone())
+                        .stride(stride.clone())
+                        .padding(padding.clone())
+                        .build()
+                        .map_err(|e| network("max_pool", e.to_string()))?;
+                    steps.push(Step::MaxPool { spec });
                 }
                 Node::Concat { tag, saved_first } => {
                     let &c = saved.get(tag.as_str()).ok_or_else(|| {
@@ -370,12 +423,25 @@ impl Loader<'_> {
 /// One step of a loaded network.
 #[derive(Debug, Clone)]
 enum Step {
-    Conv { label: String, conv: SparseConv },
-    Affine { scale: Vec<f32>, shift: Vec<f32> },
+    Conv {
+        label: String,
+        conv: SparseConv,
+    },
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
     Activation(Activation),
     Save(String),
     Add(String),
-    Concat { tag: String, saved_first: bool },
+    Concat {
+        tag: String,
+        saved_first: bool,
+    },
+    /// Geometry only: a strided spec with the pooled channels in and out.
+    MaxPool {
+        spec: LayerSpec,
+    },
 }
 
 /// A loaded network: convolutions with folded batch norms and fused activations, and the
@@ -455,6 +521,7 @@ impl Network {
                         .for_each(|(a, &b)| *a += b);
                     SparseTensor::on(set, f, c)?.with_tensor_stride(stride)
                 }
+                Step::MaxPool { spec } => max_pool(engine, spec, &x)?,
                 Step::Concat { tag, saved_first } => {
                     let skip = &saved[tag.as_str()];
                     same_sites(tag, &x, skip)?;
@@ -483,6 +550,37 @@ fn parts(x: &SparseTensor) -> (Arc<crate::tensor::CoordSet>, Vec<u32>, usize) {
         x.tensor_stride().to_vec(),
         x.channels(),
     )
+}
+
+/// spconv's sparse max pooling: per output site and channel, the maximum of 0 and the
+/// site's inputs.
+fn max_pool(engine: &Engine, spec: &LayerSpec, x: &SparseTensor) -> Result<SparseTensor> {
+    let label = spec.kernel_name();
+    let rulebook = engine
+        .rulebooks()
+        .get_or_build(x.coord_set(), &spec.geometry(), &label)
+        .map_err(|e| node_error("max_pool", e))?;
+    let c = x.channels();
+    let mut out = vec![0f32; rulebook.n_out() * c];
+    if c > 0 {
+        out.par_chunks_mut(c).enumerate().for_each(|(o, row)| {
+            for &i in rulebook.neighbors_of(o).iter().filter(|&&i| i >= 0) {
+                let src = &x.features()[i as usize * c..(i as usize + 1) * c];
+                for (m, &v) in row.iter_mut().zip(src) {
+                    if v > *m {
+                        *m = v;
+                    }
+                }
+            }
+        });
+    }
+    let stride = x
+        .tensor_stride()
+        .iter()
+        .zip(&spec.stride)
+        .map(|(&t, &s)| t * s)
+        .collect();
+    Ok(SparseTensor::on(rulebook.output().clone(), out, c)?.with_tensor_stride(stride))
 }
 
 /// Applies `f(value, channel)` to every feature.
