@@ -28,12 +28,12 @@ median of N forward calls per model.
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import torch
 from torch import nn
-from safetensors import safe_open
+
+from spconv_io import median_forward_ms, read_input
 from safetensors.torch import save_file
 import spconv as spconv_package
 import spconv.pytorch as spconv
@@ -159,13 +159,8 @@ def main():
     rng.shuffle(coords)
     features = rng.uniform(-1, 1, (len(coords), 4)).astype(np.float32)
     if args.input:
-        with safe_open(args.input, "np") as f:
-            meta = f.metadata()
-            coords = f.get_tensor("io.coords").astype(np.int32)
-            features = f.get_tensor("io.features").astype(np.float32)
-        shape = [int(v) for v in meta["spatial_shape"].split(",")]
+        coords, features, shape, batch = read_input(args.input)
         shape[0] += 1  # OpenPCDet's sparse_shape = grid_size[::-1] + [1, 0, 0]
-        batch = int(meta["batch_size"])
 
     tensors = {"io.coords": torch.from_numpy(coords), "io.features": torch.from_numpy(features)}
     meta = {"spatial_shape": ",".join(map(str, shape)), "batch_size": str(batch),
@@ -183,18 +178,10 @@ def main():
         with torch.no_grad():
             x = spconv.SparseConvTensor(torch.from_numpy(features), torch.from_numpy(coords), shape, batch)
             out, x2 = model(x)
-            if args.time:
-                times = []
-                for _ in range(args.time):
-                    fresh = spconv.SparseConvTensor(torch.from_numpy(features), torch.from_numpy(coords),
-                                                    shape, batch)
-                    t = time.perf_counter()
-                    model(fresh)
-                    times.append((time.perf_counter() - t) * 1e3)
-                times.sort()
-                print(f"{name}: spconv {spconv_package.__version__} cpu, {args.threads} thread(s): median "
-                      f"{times[len(times) // 2]:.1f} ms over {args.time} calls, {len(coords)} sites "
-                      f"-> {out.features.shape[0]}")
+        if args.time:
+            median, _ = median_forward_ms(model, features, coords, shape, batch, args.time)
+            print(f"{name}: spconv {spconv_package.__version__} cpu, {args.threads} thread(s): median "
+                  f"{median:.1f} ms over {args.time} calls, {len(coords)} sites -> {out.features.shape[0]}")
         tensors[f"{name}.output_coords"] = out.indices.to(torch.int32).clone()
         tensors[f"{name}.output"] = out.features.clone()
         tensors[f"{name}.x_conv2_rows"] = torch.tensor([x2.features.shape[0]], dtype=torch.int64)

@@ -28,15 +28,15 @@ names the file to write (default: the test fixture).
 
 import argparse
 import os
-import time
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 import spconv as spconv_package
 import spconv.pytorch as spconv
 from torch import nn
+
+from spconv_io import median_forward_ms, read_input
 
 SHAPE = [24, 48, 48]  # z, y, x
 BATCH = 2
@@ -117,30 +117,16 @@ def main():
     rng.shuffle(coords)  # row order is the user's, not sorted
     features = rng.uniform(-1, 1, (len(coords), 4)).astype(np.float32)
     if args.input:
-        with safe_open(args.input, "np") as f:
-            meta = f.metadata()
-            coords = f.get_tensor("io.coords").astype(np.int32)
-            features = f.get_tensor("io.features").astype(np.float32)
-        shape = [int(v) for v in meta["spatial_shape"].split(",")]
-        batch = int(meta["batch_size"])
+        coords, features, shape, batch = read_input(args.input)
     x = spconv.SparseConvTensor(
         torch.from_numpy(features), torch.from_numpy(coords), shape, batch
     )
     with torch.no_grad():
         out = model(x)
-        if args.time:
-            times = []
-            for _ in range(args.time):
-                fresh = spconv.SparseConvTensor(
-                    torch.from_numpy(features), torch.from_numpy(coords), shape, batch
-                )
-                t = time.perf_counter()
-                model(fresh)
-                times.append((time.perf_counter() - t) * 1e3)
-            times.sort()
-            print(f"spconv {spconv_package.__version__} cpu, {args.threads} thread(s): "
-                  f"median {times[len(times) // 2]:.2f} ms over {args.time} calls "
-                  f"(min {times[0]:.2f}), {len(coords)} sites")
+    if args.time:
+        median, fastest = median_forward_ms(model, features, coords, shape, batch, args.time)
+        print(f"spconv {spconv_package.__version__} cpu, {args.threads} thread(s): "
+              f"median {median:.2f} ms over {args.time} calls (min {fastest:.2f}), {len(coords)} sites")
 
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors["io.coords"] = torch.from_numpy(coords)

@@ -475,3 +475,27 @@ fn max_pool_matches_spconv_including_its_zero_floor() {
         assert_eq!(y.tensor_stride()[0], 2, "case {n}: tensor stride");
     }
 }
+
+/// An empty scan (no sites in range) runs through every node and gives an empty output.
+#[test]
+fn an_empty_input_gives_an_empty_output() {
+    let fx = fixture();
+    let net = backbone().load(&fx.checkpoint).unwrap();
+    let shape = fx.input.spatial_shape().to_vec();
+    let empty = SparseTensor::new(Vec::new(), Vec::new(), 4, &shape, 2).unwrap();
+    for engine in [
+        Engine::reference(),
+        Engine::with_backend(Arc::new(CpuBackend::new())),
+    ] {
+        let (y, saved) = net.forward_all(&engine, &empty).unwrap();
+        assert_eq!((y.len(), y.channels()), (0, 4));
+        assert!(saved.values().all(|t| t.is_empty()));
+    }
+    let pooled = NetworkBuilder::new(4)
+        .max_pool(3, 2, 2, 0)
+        .load(&Checkpoint::new())
+        .unwrap()
+        .forward(&Engine::reference(), &empty)
+        .unwrap();
+    assert!(pooled.is_empty());
+}

@@ -1,0 +1,33 @@
+"""Shared by the spconv fixture scripts: reading an exported input, timing spconv."""
+
+import time
+
+import numpy as np
+import torch
+from safetensors import safe_open
+import spconv.pytorch as spconv
+
+
+def read_input(path):
+    """`io.coords`, `io.features`, spatial shape and batch size of a file as
+    `cargo run --example spconv_model -- --export-input` writes it."""
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+        coords = f.get_tensor("io.coords").astype(np.int32)
+        features = f.get_tensor("io.features").astype(np.float32)
+    shape = [int(v) for v in meta["spatial_shape"].split(",")]
+    return coords, features, shape, int(meta["batch_size"])
+
+
+def median_forward_ms(model, features, coords, shape, batch, calls):
+    """spconv's median and fastest time of `calls` forward passes, each on a fresh tensor
+    (so its index pairs are built every time, as in a deployed forward)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(calls):
+            x = spconv.SparseConvTensor(torch.from_numpy(features), torch.from_numpy(coords), shape, batch)
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[0]
