@@ -28,15 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: openpcdet_backbone CHECKPOINT IO (see the example's doc)".into());
     };
     let (checkpoint, io) = (Checkpoint::read(ckpt)?, Checkpoint::read(io)?);
-    let shape: Vec<u32> = io.metadata()["spatial_shape"]
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let batch: u32 = io.metadata()["batch_size"].parse()?;
-    let coords = io.int("io.coords")?.1.iter().map(|&c| c as i32).collect();
-    let (fshape, features) = io.float("io.features")?;
-    let x = SparseTensor::new(coords, features.to_vec(), fshape[1], &shape, batch)?;
-    println!("input: {} sites on {shape:?}", x.len());
+    let x = io.sparse_tensor("io")?;
+    println!("input: {} sites on {:?}", x.len(), x.spatial_shape());
 
     let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> =
         vec![("cpu", Arc::new(CpuBackend::persistent()?))];

@@ -20,27 +20,19 @@ use std::time::Instant;
 
 use sparsegen::prelude::*;
 use sparsegen::runtime::io::point_cloud::read_kitti_bin;
-use sparsegen::runtime::io::safetensors::{Checkpoint, Values};
+use sparsegen::runtime::io::safetensors::Checkpoint;
 
 #[path = "../tests/fixtures/spconv_backbone.rs"]
 mod fixture;
+#[path = "../tests/fixtures/locate.rs"]
+mod locate;
 use fixture::backbone;
 
 /// Voxelizes a KITTI scan (SECOND's grid) and writes it as the model's `io.*` input.
 fn export_input(scan: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let x = Voxelizer::KITTI.voxelize(&read_kitti_bin(scan)?)?;
     let mut file = Checkpoint::new();
-    let coords = x.coords().iter().map(|&c| i64::from(c)).collect();
-    file.insert("io.coords", vec![x.len(), 4], Values::Int(coords))?;
-    let features = x.features().to_vec();
-    file.insert(
-        "io.features",
-        vec![x.len(), x.channels()],
-        Values::Float(features),
-    )?;
-    let shape = x.spatial_shape().iter().map(u32::to_string);
-    file.set_metadata("spatial_shape", shape.collect::<Vec<_>>().join(","));
-    file.set_metadata("batch_size", x.batch_size().to_string());
+    file.insert_sparse_tensor("io", &x)?;
     file.write(out)?;
     println!(
         "{out}: {} sites × {} channels from {scan}",
@@ -82,16 +74,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return export_input(scan, out);
     }
     let path = args.first().cloned().unwrap_or_else(|| {
-        // Where it was built, or (an example binary staged to a GPU machine) under the
-        // repository root it runs in.
-        let relative = "tests/fixtures/spconv_backbone.safetensors";
-        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-        let path = if built.is_file() {
-            built
-        } else {
-            relative.into()
-        };
-        path.display().to_string()
+        let fixture = locate::fixture("spconv_backbone.safetensors");
+        fixture.display().to_string()
     });
     let checkpoint = Checkpoint::read(&path)?;
     let t = Instant::now();
@@ -105,22 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {label:<24} {}", conv.spec());
     }
 
-    let meta = checkpoint.metadata();
-    let shape: Vec<u32> = meta
-        .get("spatial_shape")
-        .ok_or("no spatial_shape in the metadata")?
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let batch: u32 = meta.get("batch_size").ok_or("no batch_size")?.parse()?;
-    let coords = checkpoint
-        .int("io.coords")?
-        .1
-        .iter()
-        .map(|&c| i32::try_from(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (fshape, features) = checkpoint.float("io.features")?;
-    let x = SparseTensor::new(coords, features.to_vec(), fshape[1], &shape, batch)?;
+    let x = checkpoint.sparse_tensor("io")?;
     let want = checkpoint.float("io.output")?.1;
 
     let mut backends: Vec<(&str, Arc<dyn ConvBackend>)> =

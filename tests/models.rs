@@ -15,16 +15,11 @@ use sparsegen::prelude::*;
 use sparsegen::runtime::io::safetensors::{Checkpoint, Values};
 use sparsegen::runtime::models;
 
-/// The fixture, where this test was built or under the repository root it runs in.
+#[path = "fixtures/locate.rs"]
+mod locate;
+
 fn fixture() -> Checkpoint {
-    let relative = "tests/fixtures/openpcdet_backbones.safetensors";
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    Checkpoint::read(if built.is_file() {
-        built
-    } else {
-        relative.into()
-    })
-    .unwrap()
+    Checkpoint::read(locate::fixture("openpcdet_backbones.safetensors")).unwrap()
 }
 
 fn fnv1a32(name: &str) -> u64 {
@@ -71,18 +66,6 @@ fn checkpoint_of(fx: &Checkpoint, model: &str, prefix: &str) -> Checkpoint {
     c
 }
 
-fn input(fx: &Checkpoint) -> SparseTensor {
-    let shape: Vec<u32> = fx.metadata()["spatial_shape"]
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let batch = fx.metadata()["batch_size"].parse().unwrap();
-    let coords = fx.int("io.coords").unwrap().1;
-    let coords = coords.iter().map(|&c| i32::try_from(c).unwrap()).collect();
-    let (fshape, features) = fx.float("io.features").unwrap();
-    SparseTensor::new(coords, features.to_vec(), fshape[1], &shape, batch).unwrap()
-}
-
 /// Rows keyed by coordinate, sorted: spconv's strided outputs follow its hash table.
 fn by_coordinate<'a>(
     coords: &[i32],
@@ -106,7 +89,7 @@ fn check(model: &str, builder: NetworkBuilder) {
         net.convs().all(|(label, _)| label.contains("+")),
         "{model}: every batch norm is folded"
     );
-    let x = input(&fx);
+    let x = fx.sparse_tensor("io").unwrap();
     let want_coords: Vec<i32> = fx
         .int(&format!("{model}.output_coords"))
         .unwrap()

@@ -14,24 +14,14 @@ use std::sync::Arc;
 use sparsegen::prelude::*;
 use sparsegen::runtime::io::safetensors::{Checkpoint, Values};
 
+#[path = "fixtures/locate.rs"]
+mod locate;
 #[path = "fixtures/spconv_backbone.rs"]
 mod spconv_backbone;
 
 /// The fixture's backbone description.
 fn backbone() -> NetworkBuilder {
     spconv_backbone::backbone().unwrap()
-}
-
-/// The fixture, where this test was built or, for a test binary staged to another machine
-/// (`scripts/gpu/stage.sh`), under the repository root it runs in.
-fn fixture_path() -> std::path::PathBuf {
-    let relative = "tests/fixtures/spconv_backbone.safetensors";
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    if built.is_file() {
-        built
-    } else {
-        relative.into()
-    }
 }
 
 struct Fixture {
@@ -42,26 +32,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let checkpoint = Checkpoint::read(fixture_path()).unwrap();
-    let meta = checkpoint.metadata();
-    let shape: Vec<u32> = meta["spatial_shape"]
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let batch: u32 = meta["batch_size"].parse().unwrap();
+    let checkpoint = Checkpoint::read(locate::fixture("spconv_backbone.safetensors")).unwrap();
     let ints = |k| -> Vec<i32> {
         let (_, v) = checkpoint.int(k).unwrap();
         v.iter().map(|&x| i32::try_from(x).unwrap()).collect()
     };
-    let (fshape, features) = checkpoint.float("io.features").unwrap();
-    let input = SparseTensor::new(
-        ints("io.coords"),
-        features.to_vec(),
-        fshape[1],
-        &shape,
-        batch,
-    )
-    .unwrap();
+    let input = checkpoint.sparse_tensor("io").unwrap();
     Fixture {
         output_coords: ints("io.output_coords"),
         output: checkpoint.float("io.output").unwrap().1.to_vec(),
@@ -414,18 +390,7 @@ fn cuda_spconv_backbone_runs_as_in_spconv() {
 /// the strided output sites, and per channel the maximum of the inputs and 0.
 #[test]
 fn max_pool_matches_spconv_including_its_zero_floor() {
-    let relative = "tests/fixtures/spconv_maxpool.safetensors";
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    let fx = Checkpoint::read(if built.is_file() {
-        built
-    } else {
-        relative.into()
-    })
-    .unwrap();
-    let shape: Vec<u32> = fx.metadata()["spatial_shape"]
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let fx = Checkpoint::read(locate::fixture("spconv_maxpool.safetensors")).unwrap();
     let ints = |k: &str| -> Vec<i32> {
         fx.int(k)
             .unwrap()
@@ -434,8 +399,7 @@ fn max_pool_matches_spconv_including_its_zero_floor() {
             .map(|&c| i32::try_from(c).unwrap())
             .collect()
     };
-    let (_, features) = fx.float("io.features").unwrap();
-    let x = SparseTensor::new(ints("io.coords"), features.to_vec(), 5, &shape, 2).unwrap();
+    let x = fx.sparse_tensor("io").unwrap();
     let cases: Vec<(Extent, Extent, Extent)> = vec![
         (3.into(), 2.into(), 1.into()),
         (2.into(), 2.into(), 0.into()),

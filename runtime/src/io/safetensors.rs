@@ -15,6 +15,7 @@ use half::{bf16, f16};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::tensor::SparseTensor;
 
 /// The values of one stored tensor, converted to the two types the runtime computes with.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +38,7 @@ pub struct StoredTensor {
 }
 
 /// Named tensors and the file's `__metadata__`, keyed by name in sorted order.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     origin: PathBuf,
     tensors: BTreeMap<String, StoredTensor>,
@@ -113,12 +114,19 @@ fn convert(dtype: &str, bytes: &[u8]) -> std::result::Result<Values, String> {
     })
 }
 
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Checkpoint {
     /// An empty checkpoint (to fill with [`insert`](Self::insert) and [`write`](Self::write)).
     pub fn new() -> Self {
         Checkpoint {
             origin: PathBuf::from("<memory>"),
-            ..Checkpoint::default()
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -160,7 +168,7 @@ impl Checkpoint {
             .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
         let mut checkpoint = Checkpoint {
             origin: origin.clone(),
-            ..Checkpoint::default()
+            ..Checkpoint::new()
         };
         let mut ranges = Vec::with_capacity(header.len());
         for (name, entry) in header {
@@ -389,6 +397,69 @@ impl Checkpoint {
         bytes
     }
 
+    /// Stores a sparse tensor as `{name}.coords` (I64 `[N, 1 + dims]`, batch first) and
+    /// `{name}.features` (`[N, C]`), with its spatial shape and batch size in the metadata
+    /// (`spatial_shape` as `"z,y,x"`, `batch_size`): the layout spconv-side scripts read
+    /// with `safetensors` and [`sparse_tensor`](Self::sparse_tensor) reads back.
+    pub fn insert_sparse_tensor(&mut self, name: &str, x: &SparseTensor) -> Result<()> {
+        let coords = x.coords().iter().map(|&c| i64::from(c)).collect();
+        self.insert(
+            format!("{name}.coords"),
+            vec![x.len(), x.dims() + 1],
+            Values::Int(coords),
+        )?;
+        self.insert(
+            format!("{name}.features"),
+            vec![x.len(), x.channels()],
+            Values::Float(x.features().to_vec()),
+        )?;
+        let shape: Vec<String> = x.spatial_shape().iter().map(u32::to_string).collect();
+        self.set_metadata("spatial_shape", shape.join(","));
+        self.set_metadata("batch_size", x.batch_size().to_string());
+        Ok(())
+    }
+
+    /// The sparse tensor stored as `{name}.coords` and `{name}.features` with the
+    /// `spatial_shape` and `batch_size` metadata (see
+    /// [`insert_sparse_tensor`](Self::insert_sparse_tensor)); validated like any input.
+    pub fn sparse_tensor(&self, name: &str) -> Result<SparseTensor> {
+        let meta = |key: &str| {
+            self.metadata
+                .get(key)
+                .ok_or_else(|| self.error(format!("no {key} in the metadata")))
+        };
+        let bad = |key: &str| self.error(format!("the metadata's {key} is not a number list"));
+        let shape = meta("spatial_shape")?
+            .split(',')
+            .map(|v| v.trim().parse::<u32>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad("spatial_shape"))?;
+        let batch = meta("batch_size")?
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| bad("batch_size"))?;
+        let (_, coords) = self.int(&format!("{name}.coords"))?;
+        let coords = coords
+            .iter()
+            .map(|&c| i32::try_from(c))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| self.error(format!("{name}.coords holds values beyond i32")))?;
+        let (fshape, features) = self.float(&format!("{name}.features"))?;
+        let channels = match fshape {
+            [_, c] => *c,
+            other => {
+                return Err(self.error(format!("{name}.features has shape {other:?}, not [N, C]")));
+            }
+        };
+        Ok(SparseTensor::new(
+            coords,
+            features.to_vec(),
+            channels,
+            &shape,
+            batch,
+        )?)
+    }
+
     /// Writes the checkpoint as a `.safetensors` file.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -456,6 +527,34 @@ mod tests {
         assert_eq!(c.int("i").unwrap(), (&[1, 1][..], &[-7i64][..]));
         assert_eq!(c.int("m").unwrap().1, &[1, 0]);
         assert_eq!(c.names().collect::<Vec<_>>(), ["b", "d", "h", "i", "m"]);
+    }
+
+    #[test]
+    fn sparse_tensors_round_trip() {
+        let x = SparseTensor::new(
+            vec![0, 1, 2, 1, 0, 3],
+            vec![1.5, -2.0, 0.25, 4.0],
+            2,
+            &[4, 5],
+            2,
+        )
+        .unwrap();
+        let mut c = Checkpoint::new();
+        c.insert_sparse_tensor("io", &x).unwrap();
+        let back = Checkpoint::from_bytes(&c.to_bytes(), "t").unwrap();
+        let y = back.sparse_tensor("io").unwrap();
+        assert_eq!(
+            (y.coords(), y.features(), y.spatial_shape(), y.batch_size()),
+            (x.coords(), x.features(), x.spatial_shape(), 2)
+        );
+        assert!(back.sparse_tensor("other").is_err());
+        assert!(
+            Checkpoint::new()
+                .sparse_tensor("io")
+                .unwrap_err()
+                .to_string()
+                .contains("no spatial_shape")
+        );
     }
 
     #[test]
