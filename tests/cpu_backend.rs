@@ -488,5 +488,14 @@ fn tuning_choices_persist_across_backends() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("sparsegen-cpu-tune"), "{e}");
+    // One that cannot be written is refused when the backend is made, not in a forward pass.
+    #[cfg(target_os = "linux")]
+    {
+        let e = backend(StrategyChoice::Auto)
+            .with_tuning_file("/proc/sparsegen-tuning/autotune.tsv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/proc/sparsegen-tuning/autotune.tsv"), "{e}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,9 +7,11 @@
 //! the winner; the choice never changes results (all variants are bitwise identical).
 //!
 //! With a tuning file ([`Autotuner::with_file`], `CpuBackend::with_tuning_file`) the
-//! winners also persist, keyed by the host's ISA and GEMM micro-kernel as well, so a new
+//! winners also persist, keyed by the processor and GEMM micro-kernel as well, so a new
 //! process on the same machine skips the timing runs. The file is a cache: unreadable lines
-//! and choices no longer among the candidates are ignored, and the layer is timed again.
+//! and choices no longer among the candidates are ignored, and the layer is timed again. A
+//! file that cannot be written is an error when the tuner is made, never during a forward
+//! pass (a later failure to save, a full disk say, only loses the cache).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,7 +97,7 @@ pub struct Autotuner {
 #[derive(Debug)]
 struct TuningFile {
     path: PathBuf,
-    /// What the host's choices are keyed by: ISA and GEMM micro-kernel.
+    /// What the host's choices are keyed by: processor and GEMM micro-kernel.
     host: String,
     stored: Mutex<BTreeMap<String, String>>,
 }
@@ -104,6 +106,22 @@ const HEADER: &str =
     "# sparsegen CPU autotuning choices v1: <processor>/<gemm> <layer> d<density x2>\t<variant>";
 
 impl TuningFile {
+    /// Rewrites the file from `stored`, aside and renamed, so a reader never sees half a file.
+    fn save(&self, stored: &BTreeMap<String, String>) -> std::io::Result<()> {
+        let mut text = format!("{HEADER}\n");
+        for (k, v) in stored {
+            text.push_str(&format!("{k}\t{v}\n"));
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
     fn key(&self, key: &TuneKey) -> String {
         format!(
             "{} {} d{}",
@@ -121,8 +139,9 @@ impl Autotuner {
     }
 
     /// A tuner that also reads and writes its choices at `path`, for a host described by
-    /// `host` (ISA and GEMM micro-kernel: choices do not carry over to another machine). A
-    /// missing file is an empty table; one that cannot be read is an I/O error.
+    /// `host` (processor and GEMM micro-kernel: choices do not carry over to another
+    /// machine). A missing file is an empty table; one that cannot be read, or written back
+    /// (tried now, so that it fails here and not in a forward pass), is an I/O error.
     pub fn with_file(path: &Path, host: &str) -> std::io::Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -135,13 +154,16 @@ impl Autotuner {
             .filter_map(|l| l.split_once('\t'))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let file = TuningFile {
+            path: path.to_path_buf(),
+            host: host.replace(char::is_whitespace, "_"),
+            stored: Mutex::new(BTreeMap::new()),
+        };
+        file.save(&stored)?;
+        *file.stored.lock().unwrap_or_else(PoisonError::into_inner) = stored;
         Ok(Autotuner {
             decisions: Mutex::default(),
-            file: Some(TuningFile {
-                path: path.to_path_buf(),
-                host: host.replace(char::is_whitespace, "_"),
-                stored: Mutex::new(stored),
-            }),
+            file: Some(file),
         })
     }
 
@@ -167,33 +189,21 @@ impl Autotuner {
             .map(|r| r.chosen)
     }
 
-    /// Remembers a decision; a timed one is also written to the tuning file, if any (a
-    /// failure to write is returned, the decision is remembered regardless).
-    pub fn insert(&self, key: TuneKey, record: TuneRecord) -> std::io::Result<()> {
+    /// Remembers a decision; a timed one is also saved to the tuning file, if any.
+    pub fn insert(&self, key: TuneKey, record: TuneRecord) {
         let label = record.chosen.label();
         let timed = !record.from_file;
         self.decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, record);
-        let Some(file) = self.file.as_ref().filter(|_| timed) else {
-            return Ok(());
-        };
-        let mut stored = file.stored.lock().unwrap_or_else(PoisonError::into_inner);
-        stored.insert(file.key(&key), label);
-        let mut text = format!("{HEADER}\n");
-        for (k, v) in stored.iter() {
-            text.push_str(&format!("{k}\t{v}\n"));
+        if let Some(file) = self.file.as_ref().filter(|_| timed) {
+            let mut stored = file.stored.lock().unwrap_or_else(PoisonError::into_inner);
+            stored.insert(file.key(&key), label);
+            // The file was writable when the tuner was made; a failure now (a full disk)
+            // only loses the cache, and must not fail the forward pass that tuned.
+            let _ = file.save(&stored);
         }
-        if let Some(dir) = file.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // Written aside and renamed, so a reader never sees half a file.
-        let tmp = file
-            .path
-            .with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &file.path)
     }
 
     /// Every decision made so far.

@@ -156,8 +156,9 @@ impl CpuBackend {
         &self.kernels
     }
 
-    /// The same backend with its autotuner's choices persisted at `path` (read now,
-    /// rewritten after each new timing), so that a new process on this machine skips the
+    /// The same backend with its autotuner's choices persisted at `path` (read and written
+    /// back now, so an unwritable path is an error here; rewritten after each new timing),
+    /// so that a new process on this machine skips the
     /// timing runs of the shapes it has seen. [`default_tuning_file`](Self::default_tuning_file)
     /// is the usual place.
     pub fn with_tuning_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
@@ -193,18 +194,6 @@ impl CpuBackend {
     /// `<cache>/cpu/autotune.tsv` under [`cache_dir`](crate::cache_dir), if there is one.
     pub fn default_tuning_file() -> Option<std::path::PathBuf> {
         crate::cache_dir().map(|d| d.join("cpu").join("autotune.tsv"))
-    }
-
-    fn file_error(&self, e: &std::io::Error) -> Error {
-        Error::Backend {
-            backend: "cpu",
-            message: format!(
-                "cannot write the tuning file {}: {e}",
-                self.tuner
-                    .file()
-                    .map_or("?".into(), |p| p.display().to_string())
-            ),
-        }
     }
 
     /// The autotuner's decisions.
@@ -357,9 +346,7 @@ impl CpuBackend {
                 chosen: v,
                 from_file: true,
             };
-            self.tuner
-                .insert(key, record)
-                .map_err(|e| self.file_error(&e))?;
+            self.tuner.insert(key, record);
             return Ok(v);
         }
         // A miss: copy the sample into one table and time every candidate on it.
@@ -388,19 +375,17 @@ impl CpuBackend {
             }
         }
         let pairs = sample.nbr.iter().filter(|&&i| i >= 0).count();
-        self.tuner
-            .insert(
-                key,
-                TuneRecord {
-                    layer: spec.kernel_name(),
-                    density: pairs as f64 / sample_rows.max(1) as f64,
-                    sample_rows,
-                    timings_ms: timings,
-                    chosen: best.1,
-                    from_file: false,
-                },
-            )
-            .map_err(|e| self.file_error(&e))?;
+        self.tuner.insert(
+            key,
+            TuneRecord {
+                layer: spec.kernel_name(),
+                density: pairs as f64 / sample_rows.max(1) as f64,
+                sample_rows,
+                timings_ms: timings,
+                chosen: best.1,
+                from_file: false,
+            },
+        );
         Ok(best.1)
     }
 }
