@@ -120,6 +120,26 @@ fn nvrtc_failure_carries_log_and_source() {
     assert!(text.contains("   1 | extern"), "{text}");
 }
 
+/// A disk folder that cannot be written (read-only, full) costs the later processes a
+/// compile, never this one its kernel.
+#[cfg(target_os = "linux")]
+#[test]
+fn nvrtc_unwritable_disk_cache_still_serves_the_kernel() {
+    let Some(nvrtc) = nvrtc_or_skip("nvrtc_unwritable_disk_cache_still_serves_the_kernel") else {
+        return;
+    };
+    let spec = representative_layers()[0];
+    let sm = SmVersion(90);
+    let kernel = conv_kernel(&spec, &conv_candidates(&spec, sm)[0], sm).unwrap();
+    let cache = KernelCache::new(Some("/proc/sparsegen-kernels".into()));
+    let (compiled, origin) = cache
+        .get_or_compile(nvrtc, &kernel.entry, &kernel.source, sm)
+        .unwrap();
+    assert_eq!(origin, CacheOrigin::Compiled);
+    assert!(!compiled.ptx.is_empty());
+    assert_eq!(cache.stats().disk_write_failures, 1);
+}
+
 #[test]
 fn nvrtc_warm_disk_cache_compiles_nothing() {
     let Some(nvrtc) = nvrtc_or_skip("nvrtc_warm_disk_cache_compiles_nothing") else {

@@ -133,7 +133,8 @@ impl TuningTable {
         candidates.iter().find(|v| &v.name() == name).copied()
     }
 
-    /// Records a choice and rewrites the file.
+    /// Records a choice and rewrites the file (an error says the file could not be written;
+    /// the choice is recorded in memory either way).
     pub fn record(&mut self, key: TuningKey, variant: &Variant, ms: f32) -> Result<(), CudaError> {
         self.choices.insert(key, (variant.name(), ms));
         let Some(path) = &self.path else {

@@ -229,16 +229,15 @@ impl CudaBackend {
     }
 
     /// Records (and persists) a tuning choice.
-    pub(crate) fn tuning_record(
-        &self,
-        key: TuningKey,
-        variant: &Variant,
-        ms: f32,
-    ) -> Result<(), CudaError> {
-        self.tuning
+    /// Records a tuning choice. The file is a cache for later processes: failing to write
+    /// it (a read-only or full disk) keeps the choice in memory and must not fail the
+    /// forward pass that tuned.
+    pub(crate) fn tuning_record(&self, key: TuningKey, variant: &Variant, ms: f32) {
+        let _ = self
+            .tuning
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(key, variant, ms)
+            .record(key, variant, ms);
     }
 
     pub(crate) fn function(&self, kernel: &ConvKernel) -> Result<CudaFunction, CudaError> {
@@ -352,10 +351,7 @@ impl CudaBackend {
         let Some((variant, ms)) = fastest(&timings) else {
             return Ok((first, None));
         };
-        self.tuning
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(key, &variant, ms)?;
+        self.tuning_record(key, &variant, ms);
         let index = candidates.iter().position(|v| *v == variant).unwrap_or(0);
         Ok((variant, outputs.into_iter().nth(index)))
     }

@@ -59,6 +59,9 @@ pub struct KernelCacheStats {
     pub disk_hits: usize,
     /// Kernels found in memory.
     pub memory_hits: usize,
+    /// Compiled kernels that could not be written to the disk folder (read-only, full):
+    /// they still run, a later process compiles them again.
+    pub disk_write_failures: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,6 +79,7 @@ pub struct KernelCache {
     compiled: AtomicUsize,
     disk_hits: AtomicUsize,
     memory_hits: AtomicUsize,
+    disk_write_failures: AtomicUsize,
 }
 
 /// FNV-1a, 64 bit: a stable hash (the standard library's may change between releases, and
@@ -98,6 +102,7 @@ impl KernelCache {
             compiled: AtomicUsize::new(0),
             disk_hits: AtomicUsize::new(0),
             memory_hits: AtomicUsize::new(0),
+            disk_write_failures: AtomicUsize::new(0),
         }
     }
 
@@ -112,6 +117,7 @@ impl KernelCache {
             compiled: self.compiled.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             memory_hits: self.memory_hits.load(Ordering::Relaxed),
+            disk_write_failures: self.disk_write_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -195,7 +201,14 @@ impl KernelCache {
             None => {
                 let compiled = nvrtc.compile(source, entry, arch)?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
-                self.write_disk(&stem, source, &compiled.ptx, compiled.cubin.as_deref())?;
+                // The disk copy is a cache for later processes: failing to write it must
+                // not fail the kernel that was just compiled.
+                if self
+                    .write_disk(&stem, source, &compiled.ptx, compiled.cubin.as_deref())
+                    .is_err()
+                {
+                    self.disk_write_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 let kernel = CachedKernel {
                     entry: entry.to_string(),
                     arch,
