@@ -256,85 +256,6 @@ pub(crate) unsafe extern "C" fn gemm_pairs_avx2(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
-    };
-
-    use super::Args;
-
-    /// All column blocks of `NV` 8-lane vectors, rows in blocks of `MR` then one by one.
-    ///
-    /// # Safety
-    /// AVX2 and FMA present; the module's buffer contract; `8·NV` divides `cout_padded`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn columns<const NV: usize, const MR: usize>(a: &Args) {
-        let mut col = 0;
-        while col < a.cout_padded {
-            let mut p = 0;
-            while p + MR <= a.n {
-                // SAFETY: rows p..p+MR exist; forwarded contract.
-                unsafe { block::<NV, MR>(a, p, col) };
-                p += MR;
-            }
-            while p < a.n {
-                // SAFETY: as above for one row.
-                unsafe { block::<NV, 1>(a, p, col) };
-                p += 1;
-            }
-            col += NV * 8;
-        }
-    }
-
-    /// `MR` pairs starting at `p`, output channels `col..col + 8·NV`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA present; pairs `p..p+MR` exist; the module's buffer contract.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // [row][vector] register tiles read best indexed.
-    unsafe fn block<const NV: usize, const MR: usize>(a: &Args, p: usize, col: usize) {
-        let mut acc: [[__m256; NV]; MR] = [[_mm256_setzero_ps(); NV]; MR];
-        let mut x_rows = [std::ptr::null::<f32>(); MR];
-        let mut acc_rows = [std::ptr::null_mut::<f32>(); MR];
-        for m in 0..MR {
-            // SAFETY: pair p + m exists; its rows exist in the input and the tile, and
-            // col + 8·NV ≤ cout_padded.
-            unsafe {
-                let i = *a.in_rows.add(p + m) as usize;
-                let o = *a.out_rows.add(p + m) as usize;
-                x_rows[m] = a.input.add(i * a.cin);
-                acc_rows[m] = a.acc.add(o * a.cout_padded + col);
-                for v in 0..NV {
-                    acc[m][v] = _mm256_loadu_ps(acc_rows[m].add(8 * v));
-                }
-            }
-        }
-        for ci in 0..a.cin {
-            let mut w = [_mm256_setzero_ps(); NV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                // SAFETY: W_k row ci has cout_padded floats, col + 8·v + 8 ≤ cout_padded.
-                *wv = unsafe { _mm256_loadu_ps(a.w_k.add(ci * a.cout_padded + col + 8 * v)) };
-            }
-            for m in 0..MR {
-                // SAFETY: input rows have cin floats.
-                let x = _mm256_set1_ps(unsafe { *x_rows[m].add(ci) });
-                for v in 0..NV {
-                    acc[m][v] = _mm256_fmadd_ps(x, w[v], acc[m][v]);
-                }
-            }
-        }
-        for m in 0..MR {
-            for v in 0..NV {
-                // SAFETY: the same tile elements that were loaded above.
-                unsafe { _mm256_storeu_ps(acc_rows[m].add(8 * v), acc[m][v]) };
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 struct Args {
     input: *const f32,
     cin: usize,
@@ -346,82 +267,112 @@ struct Args {
     acc: *mut f32,
 }
 
+/// A register-tiled micro-kernel module for one x86 vector width: `$lanes`-lane `$vec`
+/// vectors, the intrinsics that load, store, splat and FMA them, and the target features
+/// that enable those. The AVX2 and AVX-512 kernels are this one loop nest at two widths.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+macro_rules! register_tiled_kernels {
+    (
+        $module:ident {
+            features: $features:literal, lanes: $lanes:literal, vector: $vec:ident,
+            zero: $zero:ident, load: $load:ident, store: $store:ident,
+            splat: $splat:ident, fma: $fma:ident $(,)?
+        }
+    ) => {
+        mod $module {
+            use std::arch::x86_64::{$fma, $load, $splat, $store, $vec, $zero};
+
+            use super::Args;
+
+            #[doc = concat!("All column blocks of `NV` ", $lanes, "-lane vectors, rows in blocks of `MR` then one by one.")]
+            ///
+            /// # Safety
+            #[doc = concat!("`", $features, "` present; the module's buffer contract; `", $lanes, "·NV` divides `cout_padded`.")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn columns<const NV: usize, const MR: usize>(a: &Args) {
+                let mut col = 0;
+                while col < a.cout_padded {
+                    let mut p = 0;
+                    while p + MR <= a.n {
+                        // SAFETY: rows p..p+MR exist; forwarded contract.
+                        unsafe { block::<NV, MR>(a, p, col) };
+                        p += MR;
+                    }
+                    while p < a.n {
+                        // SAFETY: as above for one row.
+                        unsafe { block::<NV, 1>(a, p, col) };
+                        p += 1;
+                    }
+                    col += NV * $lanes;
+                }
+            }
+
+            #[doc = concat!("`MR` pairs starting at `p`, output channels `col..col + ", $lanes, "·NV`.")]
+            ///
+            /// # Safety
+            #[doc = concat!("`", $features, "` present; pairs `p..p+MR` exist; the module's buffer contract.")]
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)] // [row][vector] register tiles read best indexed.
+            unsafe fn block<const NV: usize, const MR: usize>(a: &Args, p: usize, col: usize) {
+                let mut acc: [[$vec; NV]; MR] = [[$zero(); NV]; MR];
+                let mut x_rows = [std::ptr::null::<f32>(); MR];
+                let mut acc_rows = [std::ptr::null_mut::<f32>(); MR];
+                for m in 0..MR {
+                    // SAFETY: pair p + m exists; its rows exist in the input and the tile,
+                    // and col + lanes·NV ≤ cout_padded (col steps by lanes·NV over a
+                    // multiple of it).
+                    unsafe {
+                        let i = *a.in_rows.add(p + m) as usize;
+                        let o = *a.out_rows.add(p + m) as usize;
+                        x_rows[m] = a.input.add(i * a.cin);
+                        acc_rows[m] = a.acc.add(o * a.cout_padded + col);
+                        for v in 0..NV {
+                            acc[m][v] = $load(acc_rows[m].add($lanes * v));
+                        }
+                    }
+                }
+                for ci in 0..a.cin {
+                    let mut w = [$zero(); NV];
+                    for (v, wv) in w.iter_mut().enumerate() {
+                        // SAFETY: W_k row ci has cout_padded floats, and
+                        // col + lanes·(v + 1) ≤ cout_padded.
+                        *wv = unsafe { $load(a.w_k.add(ci * a.cout_padded + col + $lanes * v)) };
+                    }
+                    for m in 0..MR {
+                        // SAFETY: input rows have cin floats.
+                        let x = $splat(unsafe { *x_rows[m].add(ci) });
+                        for v in 0..NV {
+                            acc[m][v] = $fma(x, w[v], acc[m][v]);
+                        }
+                    }
+                }
+                for m in 0..MR {
+                    for v in 0..NV {
+                        // SAFETY: the same tile elements that were loaded above.
+                        unsafe { $store(acc_rows[m].add($lanes * v), acc[m][v]) };
+                    }
+                }
+            }
+        }
     };
+}
 
-    use super::Args;
-
-    /// All column blocks of `NV` vectors, rows in blocks of `MR` then one by one.
-    ///
-    /// # Safety
-    /// AVX-512F present; the module's buffer contract.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn columns<const NV: usize, const MR: usize>(a: &Args) {
-        let mut col = 0;
-        while col < a.cout_padded {
-            let mut p = 0;
-            while p + MR <= a.n {
-                // SAFETY: rows p..p+MR exist; forwarded contract.
-                unsafe { block::<NV, MR>(a, p, col) };
-                p += MR;
-            }
-            while p < a.n {
-                // SAFETY: as above for one row.
-                unsafe { block::<NV, 1>(a, p, col) };
-                p += 1;
-            }
-            col += NV * 16;
-        }
+#[cfg(target_arch = "x86_64")]
+register_tiled_kernels! {
+    avx2 {
+        features: "avx2,fma", lanes: 8, vector: __m256,
+        zero: _mm256_setzero_ps, load: _mm256_loadu_ps, store: _mm256_storeu_ps,
+        splat: _mm256_set1_ps, fma: _mm256_fmadd_ps,
     }
+}
 
-    /// `MR` pairs starting at `p`, output channels `col..col + 16·NV`.
-    ///
-    /// # Safety
-    /// AVX-512F present; pairs `p..p+MR` exist; the module's buffer contract.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // [row][vector] register tiles read best indexed.
-    unsafe fn block<const NV: usize, const MR: usize>(a: &Args, p: usize, col: usize) {
-        let mut acc: [[__m512; NV]; MR] = [[_mm512_setzero_ps(); NV]; MR];
-        let mut x_rows = [std::ptr::null::<f32>(); MR];
-        let mut acc_rows = [std::ptr::null_mut::<f32>(); MR];
-        for m in 0..MR {
-            // SAFETY: pair p + m exists; its rows exist in the input and the tile, and
-            // col + 16·NV ≤ cout_padded (col steps by 16·NV over a multiple of it).
-            unsafe {
-                let i = *a.in_rows.add(p + m) as usize;
-                let o = *a.out_rows.add(p + m) as usize;
-                x_rows[m] = a.input.add(i * a.cin);
-                acc_rows[m] = a.acc.add(o * a.cout_padded + col);
-                for v in 0..NV {
-                    acc[m][v] = _mm512_loadu_ps(acc_rows[m].add(16 * v));
-                }
-            }
-        }
-        for ci in 0..a.cin {
-            let mut w = [_mm512_setzero_ps(); NV];
-            for (v, wv) in w.iter_mut().enumerate() {
-                // SAFETY: W_k row ci has cout_padded floats, col + 16·v + 16 ≤ cout_padded.
-                *wv = unsafe { _mm512_loadu_ps(a.w_k.add(ci * a.cout_padded + col + 16 * v)) };
-            }
-            for m in 0..MR {
-                // SAFETY: input rows have cin floats.
-                let x = _mm512_set1_ps(unsafe { *x_rows[m].add(ci) });
-                for v in 0..NV {
-                    acc[m][v] = _mm512_fmadd_ps(x, w[v], acc[m][v]);
-                }
-            }
-        }
-        for m in 0..MR {
-            for v in 0..NV {
-                // SAFETY: the same tile elements that were loaded above.
-                unsafe { _mm512_storeu_ps(acc_rows[m].add(16 * v), acc[m][v]) };
-            }
-        }
+#[cfg(target_arch = "x86_64")]
+register_tiled_kernels! {
+    avx512 {
+        features: "avx512f", lanes: 16, vector: __m512,
+        zero: _mm512_setzero_ps, load: _mm512_loadu_ps, store: _mm512_storeu_ps,
+        splat: _mm512_set1_ps, fma: _mm512_fmadd_ps,
     }
 }
 
