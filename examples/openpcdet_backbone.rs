@@ -1,6 +1,7 @@
 //! OpenPCDet's SECOND and CenterPoint backbones (`models::voxel_backbone_8x`,
 //! `models::voxel_res_backbone_8x`) loaded from a detector-style checkpoint, run on the CPU
-//! (and on CUDA when usable), timed, and checked against spconv's outputs.
+//! (and on CUDA when usable), timed, and checked against spconv's outputs; then OpenPCDet's
+//! `HeightCompression` (`SparseTensor::to_bev`), the dense view its 2D backbone reads.
 //!
 //! ```text
 //! cargo run --release --example spconv_model -- --scan ../shared/data/kitti/000000.bin --export-input /tmp/in.safetensors
@@ -86,6 +87,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     format!("{model}: {} sites, spconv has {}", first.len(), want.len()).into(),
                 );
             }
+            // OpenPCDet's HeightCompression: what the detector's 2D backbone reads.
+            let mut bev_times = Vec::new();
+            let mut bev = first.to_bev()?;
+            for _ in 0..REPEATS {
+                let t = Instant::now();
+                bev = first.to_bev()?;
+                bev_times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            bev_times.sort_by(f64::total_cmp);
             println!(
                 "{model} on {name}: {} convs, {} → {} sites, first call {first_ms:.0} ms, \
                  median {:.1} ms over {REPEATS} calls (rulebooks included); \
@@ -95,6 +105,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 first.len(),
                 times[REPEATS / 2],
                 worst / scale
+            );
+            println!(
+                "  bird's-eye view (HeightCompression): {:?}, median {:.1} ms",
+                bev.shape(),
+                bev_times[REPEATS / 2]
             );
         }
     }

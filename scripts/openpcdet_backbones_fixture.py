@@ -22,7 +22,7 @@ and rounded once to float32 on both sides. The file holds:
 With `--input` (as `spconv_model --export-input` writes from a KITTI scan, whose shape
 gets OpenPCDet's +1 in z) it runs on that input; `--checkpoint` also writes the weights as a
 detector checkpoint (keys under `backbone_3d.<model>.`), and `--time N` prints spconv's
-median of N forward calls per model.
+median of N forward calls per model, and of N HeightCompressions (the dense BEV view).
 """
 
 import argparse
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spconv_io import median_forward_ms, read_input
+from spconv_io import median_bev_ms, median_forward_ms, read_input
 from safetensors.torch import save_file
 import spconv as spconv_package
 import spconv.pytorch as spconv
@@ -182,6 +182,7 @@ def main():
             median, _ = median_forward_ms(model, features, coords, shape, batch, args.time)
             print(f"{name}: spconv {spconv_package.__version__} cpu, {args.threads} thread(s): median "
                   f"{median:.1f} ms over {args.time} calls, {len(coords)} sites -> {out.features.shape[0]}")
+            print(f"{name}: HeightCompression (dense().view) median {median_bev_ms(out, args.time):.1f} ms")
         tensors[f"{name}.output_coords"] = out.indices.to(torch.int32).clone()
         tensors[f"{name}.output"] = out.features.clone()
         tensors[f"{name}.x_conv2_rows"] = torch.tensor([x2.features.shape[0]], dtype=torch.int64)

@@ -31,3 +31,17 @@ def median_forward_ms(model, features, coords, shape, batch, calls):
             times.append((time.perf_counter() - t) * 1e3)
     times.sort()
     return times[len(times) // 2], times[0]
+
+
+def median_bev_ms(out, calls):
+    """spconv's median time of OpenPCDet's HeightCompression on a backbone output `out`:
+    `out.dense()` read as `[N, C * D, H, W]`."""
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        dense = out.dense()
+        n, c, d, h, w = dense.shape
+        dense.view(n, c * d, h, w)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]

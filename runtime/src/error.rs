@@ -204,6 +204,14 @@ pub enum TensorError {
         /// The shape.
         shape: Vec<u32>,
     },
+    /// A dense grid's shape is malformed, too large, or does not suit the operation.
+    #[error("dense grid of shape {shape:?}: {reason}")]
+    DenseShape {
+        /// The shape (or, for a view that needs other axes, the spatial shape).
+        shape: Vec<usize>,
+        /// What is wrong.
+        reason: String,
+    },
     /// More rows than 32-bit row indices can address.
     #[error("{0} rows exceed the 2^31 − 1 rows a sparse tensor may have")]
     TooManyRows(usize),

@@ -15,6 +15,7 @@ pub mod coord_index;
 pub mod cpu;
 pub mod cuda;
 pub mod dense;
+pub mod dense_grid;
 pub mod engine;
 pub mod error;
 pub mod init;
@@ -30,6 +31,7 @@ mod table_pool;
 pub mod tensor;
 
 pub use coord_index::{CoordIndex, KeyPacking};
+pub use dense_grid::{DenseGrid, DenseLayout};
 pub use engine::{ConvBackend, Engine, ReferenceBackend};
 pub use error::{Error, Result, TensorError};
 pub use network::{Network, NetworkBuilder};

@@ -231,6 +231,11 @@ impl SparseTensor {
         self.coords.coords()
     }
 
+    /// One row's coordinates (batch, then spatial axes).
+    pub fn coord(&self, row: usize) -> &[i32] {
+        self.coords.coord(row)
+    }
+
     /// Features `[N, C]`.
     pub fn features(&self) -> &[f32] {
         &self.features
