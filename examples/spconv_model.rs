@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! cargo run --release --example spconv_model [-- path/to/checkpoint.safetensors]
-//! cargo run --release --example spconv_model -- --scan scan.bin --export-input in.safetensors
+//! cargo run --release --example spconv_model -- --scan scan.bin --export-input in.safetensors [--openpcdet]
 //! ```
-//! The second form voxelizes a KITTI scan and writes it as `io.*` tensors, for
+//! The second form voxelizes a KITTI scan (with `--openpcdet`, as OpenPCDet's data processor
+//! does: `PointToVoxel::OPENPCDET_KITTI`) and writes it as `io.*` tensors, for
 //! `scripts/spconv_network_fixture.py --input in.safetensors --out ckpt.safetensors --time 21`
 //! to run spconv on (and time it); the first form then checks and times this side.
 //! The default checkpoint is `tests/fixtures/spconv_backbone.safetensors`, written by
@@ -28,16 +29,41 @@ mod fixture;
 mod locate;
 use fixture::backbone;
 
-/// Voxelizes a KITTI scan (SECOND's grid) and writes it as the model's `io.*` input.
-fn export_input(scan: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let x = Voxelizer::KITTI.voxelize(&read_kitti_bin(scan)?)?;
+/// Voxelizes a KITTI scan on SECOND's grid and writes it as the model's `io.*` input: every
+/// point averaged ([`Voxelizer::KITTI`]) or, with `openpcdet`, as OpenPCDet's test-time data
+/// processor and `MeanVFE` do ([`PointToVoxel::OPENPCDET_KITTI`]: 5 points per voxel, 40,000
+/// voxels, in order of first point). Prints the voxelization's median time.
+fn export_input(scan: &str, out: &str, openpcdet: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let cloud = read_kitti_bin(scan)?;
+    let voxelize = || {
+        if openpcdet {
+            PointToVoxel::OPENPCDET_KITTI.voxelize(&cloud)
+        } else {
+            Voxelizer::KITTI.voxelize(&cloud)
+        }
+    };
+    let mut times = Vec::new();
+    let mut x = voxelize()?;
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        x = voxelize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
     let mut file = Checkpoint::new();
     file.insert_sparse_tensor("io", &x)?;
     file.write(out)?;
     println!(
-        "{out}: {} sites × {} channels from {scan}",
+        "{out}: {} sites × {} channels from {} points of {scan} ({}), voxelized in {:.2} ms (median)",
         x.len(),
-        x.channels()
+        x.channels(),
+        cloud.len(),
+        if openpcdet {
+            "OpenPCDet's PointToVoxel + MeanVFE"
+        } else {
+            "all points averaged"
+        },
+        times[REPEATS / 2]
     );
     Ok(())
 }
@@ -67,11 +93,20 @@ fn relative_error(got: &[f32], want: &[f32]) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, scan, export, out] = &args[..]
+    if let [flag, scan, export, out, rest @ ..] = &args[..]
         && flag == "--scan"
         && export == "--export-input"
     {
-        return export_input(scan, out);
+        let openpcdet = match rest {
+            [] => false,
+            [o] if o == "--openpcdet" => true,
+            _ => {
+                return Err(
+                    format!("unexpected arguments {rest:?} (see the example's doc)").into(),
+                );
+            }
+        };
+        return export_input(scan, out, openpcdet);
     }
     let path = args.first().cloned().unwrap_or_else(|| {
         let fixture = locate::fixture("spconv_backbone.safetensors");

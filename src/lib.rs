@@ -32,10 +32,11 @@ pub mod prelude {
     };
     pub use sparsegen_runtime::cpu::{CpuBackend, CpuOptions};
     pub use sparsegen_runtime::cuda::{CudaBackend, CudaOptions};
-    pub use sparsegen_runtime::io::voxelizer::Voxelizer;
+    pub use sparsegen_runtime::io::voxelizer::{PointToVoxel, Voxelizer};
     pub use sparsegen_runtime::{
-        Accumulate, ConvBackend, CoordSet, Engine, Error, Network, NetworkBuilder,
-        ReferenceBackend, Rulebook, RulebookCache, SparseConv, SparseTensor, TensorError,
+        Accumulate, ConvBackend, CoordSet, DenseGrid, DenseLayout, Engine, Error, Network,
+        NetworkBuilder, ReferenceBackend, Rulebook, RulebookCache, SparseConv, SparseTensor,
+        TensorError,
     };
 
     pub use crate::typed::{Features, GpuFeatures, GpuLayer, Layer, TypedConv, TypedError};

@@ -125,8 +125,21 @@ impl CoordIndex {
             .map(|c| packing.key(c))
             .collect();
         let identity = keys.par_windows(2).all(|w| w[0] < w[1]);
+        let row_bits = u64::BITS - (n.saturating_sub(1) as u64).leading_zeros();
+        let key_bits = u64::BITS - keys.par_iter().copied().max().unwrap_or(0).leading_zeros();
         let sorted_rows: Vec<u32> = if identity {
             (0..n as u32).collect()
+        } else if key_bits + row_bits <= u64::BITS {
+            // Key and row packed into one u64 (unique, so the order is total): a radix sort
+            // of those beats a comparison sort of pairs.
+            let mut packed: Vec<u64> = keys
+                .par_iter()
+                .enumerate()
+                .map(|(row, &k)| (k << row_bits) | row as u64)
+                .collect();
+            crate::radix_sort::sort_u64(&mut packed);
+            let row_mask = (1u64 << row_bits) - 1;
+            packed.par_iter().map(|&p| (p & row_mask) as u32).collect()
         } else {
             let mut order: Vec<(u64, u32)> = keys
                 .iter()
@@ -315,6 +328,53 @@ mod tests {
                 coord: vec![0, 1, 1]
             }
         );
+    }
+
+    /// Both sort paths (key and row packed into a u64 for the radix sort; pairs when they do
+    /// not fit) order thousands of shuffled rows as a plain sort does, and find duplicates.
+    #[test]
+    fn large_shuffled_sets_sort_and_reject_duplicates() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for shape in [[64u32, 64, 64], [1 << 20, 1 << 20, 1 << 20]] {
+            let packing = KeyPacking::new(&shape, 3).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut coords = Vec::new();
+            while seen.len() < 5000 {
+                let c = [
+                    (next() % 3) as i32,
+                    (next() % u64::from(shape[0])) as i32,
+                    (next() % u64::from(shape[1])) as i32,
+                    (next() % u64::from(shape[2])) as i32,
+                ];
+                if seen.insert(c) {
+                    coords.extend(c);
+                }
+            }
+            let idx = CoordIndex::build(&coords, packing.clone()).unwrap();
+            let mut want: Vec<u32> = (0..5000).collect();
+            want.sort_by_key(|&r| packing.key(&coords[r as usize * 4..r as usize * 4 + 4]));
+            assert_eq!(idx.sorted_rows(), want, "shape {shape:?}");
+            let mut dup = coords.clone();
+            dup.extend_from_slice(&coords[4 * 1234..4 * 1235]);
+            let err = CoordIndex::build(&dup, packing).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    TensorError::Duplicate {
+                        first: 1234,
+                        second: 5000,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

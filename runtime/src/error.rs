@@ -112,6 +112,9 @@ pub enum Error {
         /// What failed (the codegen or Cranelift error).
         message: String,
     },
+    /// A voxelizer's settings or input cannot be used.
+    #[error("voxelizer: {0}")]
+    Voxelizer(String),
     /// A backend is not available here (no GPU, no driver, unsupported CPU) or failed.
     #[error("{backend} backend: {message}")]
     Backend {
