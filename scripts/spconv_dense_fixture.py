@@ -9,13 +9,12 @@ channel (kept), -0.0 values (zero to torch) and a NaN (not zero).
     /tmp/spvenv/bin/python scripts/spconv_dense_fixture.py
 """
 
-import os
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-import spconv as spconv_package
 import spconv.pytorch as spconv
+
+from spconv_io import write_test_fixture
 
 CASES = {"3d": [5, 6, 7], "2d": [6, 9]}  # spatial shapes; batch 2, 3 channels
 
@@ -50,11 +49,8 @@ def main():
     tensors["from_dense.features"] = y.features.contiguous()
     print(f"from_dense: {y.indices.shape[0]} of {2 * 4 * 5} sites")
 
-    meta = {"spatial_shape.3d": "5,6,7", "spatial_shape.2d": "6,9", "batch_size": "2",
-            "made_by": f"scripts/spconv_dense_fixture.py, spconv {spconv_package.__version__}"}
-    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "spconv_dense.safetensors")
-    save_file(tensors, path, metadata=meta)
-    print(f"{path}: {os.path.getsize(path)} bytes")
+    meta = {"spatial_shape.3d": "5,6,7", "spatial_shape.2d": "6,9", "batch_size": "2"}
+    write_test_fixture(__file__, "spconv_dense.safetensors", tensors, meta)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Shared by the spconv fixture scripts: reading an exported input, timing spconv."""
 
+import os
 import time
 
 import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
+import spconv as spconv_package
 import spconv.pytorch as spconv
 
 
@@ -45,3 +48,12 @@ def median_bev_ms(out, calls):
         times.append((time.perf_counter() - t) * 1e3)
     times.sort()
     return times[len(times) // 2]
+
+
+def write_test_fixture(script, name, tensors, meta):
+    """Writes `tests/fixtures/<name>` with `meta` and a `made_by` entry naming the script
+    (pass `__file__`) and spconv's version."""
+    meta = dict(meta, made_by=f"scripts/{os.path.basename(script)}, spconv {spconv_package.__version__}")
+    path = os.path.join(os.path.dirname(os.path.abspath(script)), "..", "tests", "fixtures", name)
+    save_file(tensors, path, metadata=meta)
+    print(f"{path}: {os.path.getsize(path)} bytes")

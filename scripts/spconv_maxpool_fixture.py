@@ -9,13 +9,12 @@ spconv's pooled features start at zero, so a window whose inputs are all negativ
 """
 
 import json
-import os
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-import spconv as spconv_package
 import spconv.pytorch as spconv
+
+from spconv_io import write_test_fixture
 
 SHAPE = [9, 14, 11]
 CASES = [  # kernel, stride, padding
@@ -42,11 +41,8 @@ def main():
         tensors[f"case{n}.output"] = y.features.clone()
         print(f"case {n}: kernel {k} stride {s} padding {p}: {y.features.shape[0]} sites, "
               f"{int((y.features == 0).sum())} zero values")
-    meta = {"spatial_shape": ",".join(map(str, SHAPE)), "batch_size": "2", "cases": json.dumps(CASES),
-            "made_by": f"scripts/spconv_maxpool_fixture.py, spconv {spconv_package.__version__}"}
-    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "spconv_maxpool.safetensors")
-    save_file(tensors, path, metadata=meta)
-    print(f"{path}: {os.path.getsize(path)} bytes")
+    meta = {"spatial_shape": ",".join(map(str, SHAPE)), "batch_size": "2", "cases": json.dumps(CASES)}
+    write_test_fixture(__file__, "spconv_maxpool.safetensors", tensors, meta)
 
 
 if __name__ == "__main__":

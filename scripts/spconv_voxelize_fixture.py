@@ -21,14 +21,14 @@ and with `--compare` checks, value for value, the input that
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 import spconv as spconv_package
 from spconv.pytorch.utils import PointToVoxel
+
+from spconv_io import write_test_fixture
 
 VOXEL_SIZE = [0.2, 0.2, 0.25]
 RANGE = [0.0, -4.0, -1.0, 6.4, 4.0, 1.0]
@@ -104,11 +104,8 @@ def main():
         tensors[f"{name}.mean"] = mean_vfe(voxels, num_points).contiguous()
         print(f"{name}: {coords.shape[0]} voxels, {int(num_points.sum())} of {len(points)} points, "
               f"{int((num_points == max_points).sum())} full")
-    meta = {"voxel_size": json.dumps(VOXEL_SIZE), "range": json.dumps(RANGE), "cases": json.dumps(CASES),
-            "made_by": f"scripts/spconv_voxelize_fixture.py, spconv {spconv_package.__version__}"}
-    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "spconv_voxelize.safetensors")
-    save_file(tensors, path, metadata=meta)
-    print(f"{path}: {os.path.getsize(path)} bytes")
+    meta = {"voxel_size": json.dumps(VOXEL_SIZE), "range": json.dumps(RANGE), "cases": json.dumps(CASES)}
+    write_test_fixture(__file__, "spconv_voxelize.safetensors", tensors, meta)
 
 
 if __name__ == "__main__":
