@@ -126,10 +126,11 @@ impl CoordIndex {
             .collect();
         let identity = keys.par_windows(2).all(|w| w[0] < w[1]);
         let row_bits = u64::BITS - (n.saturating_sub(1) as u64).leading_zeros();
-        let key_bits = u64::BITS - keys.par_iter().copied().max().unwrap_or(0).leading_zeros();
+        // Only read when the rows are not sorted already (the common case skips this pass).
+        let key_bits = || u64::BITS - keys.par_iter().copied().max().unwrap_or(0).leading_zeros();
         let sorted_rows: Vec<u32> = if identity {
             (0..n as u32).collect()
-        } else if key_bits + row_bits <= u64::BITS {
+        } else if key_bits() + row_bits <= u64::BITS {
             // Key and row packed into one u64 (unique, so the order is total): a radix sort
             // of those beats a comparison sort of pairs.
             let mut packed: Vec<u64> = keys

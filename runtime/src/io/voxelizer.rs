@@ -222,25 +222,20 @@ impl PointToVoxel {
     /// A batch: each cloud voxelized on its own (its own voxel limit) and its rows tagged
     /// with its index, in order, as OpenPCDet's collate concatenates a batch.
     pub fn voxelize_batch(&self, clouds: &[PointCloud]) -> Result<SparseTensor> {
-        let (mut coords, mut features) = (Vec::new(), Vec::new());
         let width = clouds.first().map_or(0, |c| c.width);
+        let batch = u32::try_from(clouds.len().max(1))
+            .map_err(|_| Error::Voxelizer(format!("{} clouds exceed a u32 batch", clouds.len())))?;
+        let (mut coords, mut features) = (Vec::new(), Vec::new());
         for (b, cloud) in clouds.iter().enumerate() {
             if cloud.width != width {
-                return Err(Error::Tensor(crate::TensorError::FeatureRows {
-                    rows: cloud.len(),
-                    channels: width,
-                    feats: cloud.values.len(),
-                }));
+                return Err(Error::Voxelizer(format!(
+                    "cloud {b} has {} values per point, cloud 0 has {width}",
+                    cloud.width
+                )));
             }
-            let voxels = self.voxels(cloud)?;
-            for zyx in voxels.coords.chunks_exact(3) {
-                coords.push(b as i32);
-                coords.extend_from_slice(zyx);
-            }
-            features.extend(voxels.mean_features());
+            self.voxels(cloud)?
+                .push_rows(b as i32, &mut coords, &mut features);
         }
-        let batch = u32::try_from(clouds.len().max(1))
-            .map_err(|_| Error::Tensor(crate::TensorError::TooManyRows(clouds.len())))?;
         Ok(SparseTensor::new(
             coords,
             features,
@@ -305,17 +300,22 @@ impl Voxels {
 
     /// The voxels' mean points as a tensor (batch 0), rows in voxel order.
     pub fn mean(&self) -> Result<SparseTensor> {
-        let coords: Vec<i32> = self
-            .coords
-            .chunks_exact(3)
-            .flat_map(|zyx| [0, zyx[0], zyx[1], zyx[2]])
-            .collect();
+        let (mut coords, mut features) = (Vec::new(), Vec::new());
+        self.push_rows(0, &mut coords, &mut features);
         Ok(SparseTensor::new(
             coords,
-            self.mean_features(),
+            features,
             self.width,
             &self.spatial_shape,
             1,
         )?)
+    }
+
+    /// Appends one row per voxel: `(batch, z, y, x)` and its mean point.
+    fn push_rows(&self, batch: i32, coords: &mut Vec<i32>, features: &mut Vec<f32>) {
+        for zyx in self.coords.chunks_exact(3) {
+            coords.extend([batch, zyx[0], zyx[1], zyx[2]]);
+        }
+        features.extend(self.mean_features());
     }
 }
